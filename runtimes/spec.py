@@ -1,0 +1,205 @@
+"""The artifact manifest (``model.json``): its schema, validation, reading and writing.
+
+`runtimes` owns this schema; `export` writes manifests through this module. Only the standard library and
+numpy are used here, so that a device that ships `runtimes` alone can read any artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtimes.errors import ManifestError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "model.json"
+TARGETS = ("torch", "onnx", "openvino", "tensorrt", "coreml")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8w", "w8a8")
+
+# The graph contract every target exports (see DESIGN.md).
+INPUT_LABEL = "label"
+INPUT_NOISE = "noise"
+OUTPUT_IMAGE = "image"
+
+
+@dataclass
+class ClassInfo:
+    id: int
+    name: str
+    color: list[int]  # RGB 0..255
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the artifact directory
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    target: str
+    precision: str
+    input_size: list[int]  # [H, W]
+    num_classes: int
+    classes: list[ClassInfo]
+    noise_shape: list[int]  # per sample, without the batch dimension
+    files: list[FileEntry] = field(default_factory=list)
+    ignore_id: int | None = None
+    batch: dict[str, int] = field(default_factory=lambda: {"min": 1, "opt": 1, "max": 16})
+    quality: dict[str, Any] | None = None
+    """For quantized/reduced precision: psnr_db, max_abs_error, label_consistency_delta, samples, kept_high_precision."""
+    calibration: dict[str, Any] | None = None
+    """source, samples, method, seed."""
+    library_versions: dict[str, str] = field(default_factory=dict)
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    target_options: dict[str, Any] = field(default_factory=dict)
+    """Target-specific settings, e.g. TensorRT: the ONNX the engine is built from and the build options."""
+    schema_version: int = SCHEMA_VERSION
+
+    # -------------------------------------------------------------------------------------- helpers
+    @property
+    def palette(self) -> list[list[int]]:
+        return [c.color for c in sorted(self.classes, key=lambda c: c.id)]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in sorted(self.classes, key=lambda c: c.id)]
+
+    def file(self, name_or_suffix: str) -> FileEntry:
+        for f in self.files:
+            if f.path == name_or_suffix:
+                return f
+        raise ManifestError(f"The manifest lists no file {name_or_suffix!r}; it lists {[f.path for f in self.files]}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # schema_version first, for people reading the file
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        validate_dict(data)
+        d = dict(data)
+        d["classes"] = [ClassInfo(**c) for c in d["classes"]]
+        d["files"] = [FileEntry(**f) for f in d.get("files", [])]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+_REQUIRED = {
+    "schema_version": int,
+    "target": str,
+    "precision": str,
+    "input_size": list,
+    "num_classes": int,
+    "classes": list,
+    "noise_shape": list,
+}
+
+
+def validate_dict(data: Any) -> None:
+    """Raise :class:`ManifestError` with a clear message when ``data`` is not a manifest this version reads."""
+    if not isinstance(data, dict):
+        raise ManifestError("model.json must hold a JSON object.")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"model.json has schema_version {version!r}, this dp-sims reads version {SCHEMA_VERSION}. "
+            "Export the artifact again with this version of dp-sims, or install the dp-sims version that wrote it."
+        )
+    for key, tp in _REQUIRED.items():
+        if key not in data:
+            raise ManifestError(f"model.json lacks the required key {key!r}.")
+        if not isinstance(data[key], tp) or (tp is int and isinstance(data[key], bool)):
+            raise ManifestError(f"model.json: {key!r} must be a {tp.__name__}, got {data[key]!r}.")
+    if data["target"] not in TARGETS:
+        raise ManifestError(f"model.json names the unknown target {data['target']!r}; known targets: {', '.join(TARGETS)}.")
+    if data["precision"] not in PRECISIONS:
+        raise ManifestError(f"model.json names the unknown precision {data['precision']!r}; known: {', '.join(PRECISIONS)}.")
+    size = data["input_size"]
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ManifestError(f"model.json: input_size must be [H, W] of positive integers, got {size!r}.")
+    if data["num_classes"] < 1 or len(data["classes"]) != data["num_classes"]:
+        raise ManifestError("model.json: 'classes' must list exactly num_classes entries.")
+    for c in data["classes"]:
+        if not isinstance(c, dict) or set(c) != {"id", "name", "color"}:
+            raise ManifestError(f"model.json: each class needs exactly id, name and color, got {c!r}.")
+    for f in data.get("files", []):
+        if not isinstance(f, dict) or set(f) != {"path", "sha256", "bytes"}:
+            raise ManifestError(f"model.json: each file entry needs exactly path, sha256 and bytes, got {f!r}.")
+        if Path(f["path"]).is_absolute() or ".." in Path(f["path"]).parts:
+            raise ManifestError(f"model.json: file path {f['path']!r} must stay inside the artifact directory.")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(artifact_dir: str | Path, relpath: str) -> FileEntry:
+    p = Path(artifact_dir) / relpath
+    return FileEntry(path=relpath, sha256=sha256_file(p), bytes=p.stat().st_size)
+
+
+def manifest_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p if p.name == MANIFEST_NAME or p.suffix == ".json" else p / MANIFEST_NAME
+
+
+def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
+    """Read ``model.json`` from an artifact directory (or the file itself) and, by default, check every file's hash."""
+    mpath = manifest_path(path)
+    if not mpath.exists():
+        raise ManifestError(
+            f"No {MANIFEST_NAME} at {mpath}. Give the artifact directory written by `python -m export` (it holds model.json)."
+        )
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{mpath} is not valid JSON ({e}); the artifact is damaged: export it again.") from None
+    manifest = Manifest.from_dict(data)
+    if verify:
+        verify_files(manifest, mpath.parent)
+    return manifest
+
+
+def verify_files(manifest: Manifest, artifact_dir: str | Path) -> None:
+    for f in manifest.files:
+        p = Path(artifact_dir) / f.path
+        if not p.exists():
+            raise ManifestError(f"Artifact file {p} listed in model.json is missing; copy the whole artifact directory.")
+        digest = sha256_file(p)
+        if digest != f.sha256:
+            raise ManifestError(
+                f"Artifact file {p} does not match its sha256 in model.json (expected {f.sha256[:12]}..., "
+                f"found {digest[:12]}...): the file is corrupt or was replaced. Copy or export the artifact again."
+            )
+
+
+def write_manifest(manifest: Manifest, artifact_dir: str | Path) -> Path:
+    """Write ``model.json`` atomically (temp file + rename) into ``artifact_dir``."""
+    validate_dict(manifest.to_dict())
+    out = Path(artifact_dir) / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=".model.json.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(manifest.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

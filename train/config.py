@@ -1,0 +1,308 @@
+"""Typed configuration: dataclasses loaded from YAML presets with explicit ``key=value`` overrides.
+
+A preset is a YAML mapping whose top-level keys are the fields of :class:`Config`. Unknown keys and values of
+the wrong type are errors (:class:`ConfigError`) that name the key and the accepted fields, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from train.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class GeneratorConfig:
+    """The context-modeling generator (see train/models/generator.py)."""
+
+    base_channels: int = 64
+    """Width unit of the image branch; stage ``i`` has ``base_channels * channel_mults[i]`` channels."""
+    channel_mults: list[int] = field(default_factory=lambda: [16, 16, 8, 4, 2, 1])
+    """One entry per resolution, lowest first; ``len - 1`` x2 upsamplings, so the total stride is 2**(len-1)."""
+    label_channels: int = 128
+    """Width of the label encoder's features (the spatially adaptive modulation source)."""
+    attn_levels: int = 2
+    """How many of the lowest resolutions of the label encoder get self-attention over the whole layout."""
+    attn_heads: int = 4
+    noise_tokens: int = 16
+    """Noise is a set of ``noise_tokens`` vectors of size ``noise_dim``; label features cross-attend to it."""
+    noise_dim: int = 64
+    blocks_per_stage: int = 1
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The pre-trained-backbone U-Net discriminator (see train/models/discriminator.py)."""
+
+    backbone: str = "convnext_large"
+    """Any timm model that supports ``features_only=True``."""
+    pretrained: bool = True
+    """Load ImageNet weights through timm (needs the hub) unless ``weights`` names a local file."""
+    weights: str | None = None
+    """Local backbone weights: a .safetensors file or a weights-only torch state dict."""
+    freeze: bool = True
+    """Keep the backbone frozen (and in eval mode); the paper's setting."""
+    lr_backbone: float = 0.0
+    """Learning rate for the backbone when ``freeze`` is false (0 means: use train.lr_d / 10)."""
+    decoder_channels: int = 256
+    stem_channels: int = 32
+    """Width of the small trainable full-resolution stem whose features feed the last decoder stages."""
+    out_indices: list[int] | None = None
+    """Backbone stages to use (timm ``out_indices``); None keeps every stage."""
+
+
+@dataclass
+class ModelConfig:
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synthetic", "ade20k", "coco-stuff", "cityscapes", "folder"] = "synthetic"
+    root: str | None = None
+    """Dataset folder (not used by ``synthetic``)."""
+    image_size: list[int] = field(default_factory=lambda: [256, 256])
+    """[H, W] fed to the networks; must be a multiple of the generator's total stride."""
+    load_size: list[int] | None = None
+    """Resize to this [H, W] before a random crop of ``image_size``; None resizes straight to ``image_size``."""
+    flip: bool = True
+    num_classes: int = 8
+    """Only for ``synthetic``: the number of procedural classes (real datasets define their own)."""
+    synthetic_length: int = 100_000
+    """Only for ``synthetic``: the virtual size of the training split."""
+    val_length: int = 64
+    """Only for ``synthetic``: the number of held-out maps."""
+    classes_file: str | None = None
+    """Only for ``folder``: the classes file (default ROOT/classes.txt or ROOT/classes.json)."""
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class LossConfig:
+    focal_gamma: float = 2.0
+    """Focal exponent of the pixel-wise N+1 loss (0 gives OASIS' weighted cross-entropy)."""
+    class_balance: bool = True
+    labelmix: float = 10.0
+    """Weight of the LabelMix consistency term in the discriminator loss (OASIS: 10)."""
+    contrastive: float = 1.0
+    """Weight of the patch contrastive loss between generated and real images (generator)."""
+    contrastive_patches: int = 64
+    contrastive_temperature: float = 0.07
+    diversity: float = 1.0
+    """Weight of the diversity term that rewards different images for different noise."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200_000
+    batch_size: int = 32
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    ema_decay: float = 0.9999
+    ema_start: int = 0
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
+    """Mixed precision on CUDA (ignored on the CPU)."""
+    channels_last: bool = True
+    grad_clip: float = 0.0
+    """Clip gradient norms at this value; 0 turns clipping off."""
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 2000
+    ckpt_every: int = 5000
+    eval_every: int = 5000
+    keep_checkpoints: int = 3
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this many minutes of training; 0 means no limit."""
+
+
+@dataclass
+class EvalConfig:
+    label_consistency_samples: int = 64
+    sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sample_maps: int = 4
+
+
+@dataclass
+class Config:
+    name: str = "dp-sims"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert the harmless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}.")
+        return _from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"'{key}' has an invalid value {value!r}.")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}.")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}.")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}.")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"'{key}': unsupported type {_type_name(tp)}.")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"'{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"Unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}. "
+            f"Accepted keys there: {', '.join(sorted(names))}."
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Cannot parse override value {text!r}: {e}") from None
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"Override {assignment!r} must look like key.sub=value, e.g. train.batch_size=8.")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override {assignment!r}: '{p}' is not a section.")
+        node = child
+    node[parts[-1]] = _parse_scalar(raw)
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A preset name (``synthetic-tiny``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    for cand in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)):
+        if cand.exists():
+            return cand
+    presets = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"Config {str(name_or_path)!r} not found. Give a YAML file or one of the presets: {', '.join(presets)}.")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _from_dict(Config, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset/YAML file, apply ``key=value`` overrides, validate, and return a :class:`Config`."""
+    import yaml
+
+    tree: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_preset(path)
+        try:
+            tree = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{file} must hold a mapping at the top level.")
+    for ov in overrides or []:
+        apply_override(tree, ov)
+    cfg = config_from_dict(tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    g = cfg.model.generator
+    stride = 2 ** (len(g.channel_mults) - 1)
+    h, w = cfg.data.image_size if len(cfg.data.image_size) == 2 else (0, 0)
+    if len(cfg.data.image_size) != 2 or h <= 0 or w <= 0:
+        raise ConfigError(f"data.image_size must be [H, W], got {cfg.data.image_size}.")
+    if h % stride or w % stride:
+        raise ConfigError(
+            f"data.image_size {h}x{w} must be a multiple of the generator's total stride {stride} "
+            f"(2 ** (len(model.generator.channel_mults) - 1)); e.g. {h // stride * stride or stride}x{w // stride * stride or stride}."
+        )
+    if not 0 <= g.attn_levels <= len(g.channel_mults):
+        raise ConfigError(f"model.generator.attn_levels must be within 0..{len(g.channel_mults)}.")
+    if g.label_channels % g.attn_heads:
+        raise ConfigError("model.generator.label_channels must be divisible by model.generator.attn_heads.")
+    if cfg.train.batch_size < 1 or cfg.train.steps < 0:
+        raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0.")
+    if cfg.data.dataset != "synthetic" and not cfg.data.root:
+        raise ConfigError(
+            f"data.root is required for dataset '{cfg.data.dataset}': pass --set data.root=/path/to/{cfg.data.dataset}."
+        )
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
