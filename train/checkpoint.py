@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from train.config import GeneratorConfig, _from_dict
 from train.errors import CheckpointError
@@ -190,7 +189,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         return load_file(str(path)), meta
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is corrupt or not a checkpoint.") from None
 
 

@@ -36,6 +36,8 @@ class GeneratorConfig:
     """Noise is a set of ``noise_tokens`` vectors of size ``noise_dim``; label features cross-attend to it."""
     noise_dim: int = 64
     blocks_per_stage: int = 1
+    spade_hidden: int = 128
+    """Hidden width of each SPADE modulation network."""
 
 
 @dataclass
@@ -100,6 +102,10 @@ class LossConfig:
     contrastive_temperature: float = 0.07
     diversity: float = 1.0
     """Weight of the diversity term that rewards different images for different noise."""
+    diversity_tau: float = 0.5
+    """Cap of the diversity ratio (mean image distance / mean noise distance) beyond which it is not rewarded."""
+    diversity_fraction: float = 0.25
+    """Fraction of the batch generated a second time with other noise for the diversity term (cost vs signal)."""
 
 
 @dataclass
@@ -191,6 +197,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"'{key}' must be an integer, got {value!r}.")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}' must be a number, got {value!r}.")
         return float(value)

@@ -138,10 +138,9 @@ class SPADE(nn.Module):
 
 
 class SPADEResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, cond_channels: int):
+    def __init__(self, cin: int, cout: int, cond_channels: int, hidden: int):
         super().__init__()
         mid = min(cin, cout)
-        hidden = min(128, max(32, cond_channels))
         self.norm0 = SPADE(cin, cond_channels, hidden)
         self.conv0 = nn.Conv2d(cin, mid, 3, padding=1)
         self.norm1 = SPADE(mid, cond_channels, hidden)
@@ -172,8 +171,8 @@ class Generator(nn.Module):
         blocks = []
         for i, c in enumerate(chans):
             cin = chans[i - 1] if i > 0 else chans[0]
-            stage = [SPADEResBlock(cin, c, cfg.label_channels)]
-            stage += [SPADEResBlock(c, c, cfg.label_channels) for _ in range(cfg.blocks_per_stage - 1)]
+            stage = [SPADEResBlock(cin, c, cfg.label_channels, cfg.spade_hidden)]
+            stage += [SPADEResBlock(c, c, cfg.label_channels, cfg.spade_hidden) for _ in range(cfg.blocks_per_stage - 1)]
             blocks.append(nn.ModuleList(stage))
         self.blocks = nn.ModuleList(blocks)
         self.to_rgb = nn.Conv2d(chans[-1], 3, 3, padding=1)

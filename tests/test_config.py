@@ -1,0 +1,63 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.config import CONFIG_DIR, Config, load_config
+from train.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_preset_loads(preset):
+    cfg = load_config(preset, ["data.root=/data"] if preset != "synthetic-tiny" else [])
+    assert isinstance(cfg, Config)
+    assert cfg.name == preset
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_config("synthetic-tiny", ["train.batch_size=3", "train.lr_g=1e-3", "model.generator.channel_mults=[2, 2, 1]"])
+    assert cfg.train.batch_size == 3
+    assert cfg.train.lr_g == pytest.approx(1e-3)
+    assert cfg.model.generator.channel_mults == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.batchsize=8", ["'batchsize'", "batch_size"]),
+        ("trian.steps=1", ["'trian'", "train"]),
+        ("train.batch_size=eight", ["train.batch_size", "integer"]),
+        ("train.amp=fp8", ["train.amp", "bf16"]),
+        ("data.image_size=[60, 64]", ["multiple", "stride 8"]),
+        ("train.flip", ["key.sub=value"]),
+    ],
+)
+def test_config_errors_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config("synthetic-tiny", [override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="synthetic-tiny"):
+        load_config("no-such-preset")
+
+
+def test_real_dataset_needs_root():
+    with pytest.raises(ConfigError, match="data.root"):
+        load_config("ade20k-256")
+
+
+def test_cli_bad_key_exit_code_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "train", "--config", "synthetic-tiny", "--out", str(out), "--set", "train.nope=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    assert "Unknown key" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

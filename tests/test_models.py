@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from train.config import DiscriminatorConfig, GeneratorConfig
+from train.models.discriminator import Discriminator
+from train.models.generator import Generator, one_hot_labels
+
+TINY_G = GeneratorConfig(base_channels=8, channel_mults=[2, 2, 1], label_channels=16, attn_levels=1, attn_heads=2,
+                         noise_tokens=4, noise_dim=8, spade_hidden=16)
+
+
+def _randomise_zero_init(g: torch.nn.Module) -> None:
+    """Attention output projections start at zero (identity blocks); give them weights so noise matters."""
+    torch.manual_seed(1)
+    for name, p in g.named_parameters():
+        if ".out." in name:
+            torch.nn.init.normal_(p, std=0.5)
+
+
+@pytest.fixture(scope="module")
+def gen():
+    torch.manual_seed(0)
+    g = Generator(5, TINY_G)
+    _randomise_zero_init(g)
+    return g.eval()
+
+
+def test_one_hot_inside_graph():
+    label = torch.tensor([[[0, 2], [4, 7]]])
+    oh = one_hot_labels(label, 5)
+    assert oh.shape == (1, 5, 2, 2)
+    assert oh[0, :, 0, 1].tolist() == [0, 0, 1, 0, 0]
+    assert oh[0, :, 1, 1].sum() == 0  # out-of-range id -> no class
+
+
+def test_generator_shape_range_and_determinism(gen):
+    label = torch.randint(0, 5, (3, 32, 32))
+    noise = torch.randn(3, *gen.noise_shape)
+    with torch.no_grad():
+        a, b = gen(label, noise), gen(label, noise)
+    assert a.shape == (3, 3, 32, 32)
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b)  # no random op inside forward
+
+
+def test_noise_changes_output_and_label_controls_it(gen):
+    torch.manual_seed(3)
+    label = torch.randint(0, 5, (2, 32, 32))
+    n1, n2 = torch.randn(2, *gen.noise_shape), torch.randn(2, *gen.noise_shape)
+    with torch.no_grad():
+        base = gen(label, n1)
+        other_noise = gen(label, n2)
+        other_label = gen((label + 1) % 5, n1)
+    assert (base - other_noise).abs().mean() > 1e-3
+    assert (base - other_label).abs().mean() > 1e-3
+
+
+def test_generator_is_batch_independent_in_eval(gen):
+    label = torch.randint(0, 5, (4, 32, 32))
+    noise = torch.randn(4, *gen.noise_shape)
+    with torch.no_grad():
+        full = gen(label, noise)
+        single = gen(label[2:3], noise[2:3])
+    assert torch.allclose(full[2:3], single, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["test_convnext", "test_efficientnet"])
+def test_discriminator_output_and_frozen_backbone(backbone):
+    torch.manual_seed(0)
+    d = Discriminator(5, DiscriminatorConfig(backbone=backbone, pretrained=False, decoder_channels=16, stem_channels=8))
+    d.train()
+    assert not d.backbone.training, "a frozen backbone must stay in eval mode in train()"
+    assert all(not p.requires_grad for p in d.backbone.parameters())
+    before = {k: v.clone() for k, v in d.backbone.state_dict().items()}
+    opt = torch.optim.Adam([p for p in d.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    out = d(x)
+    assert out.logits.shape == (2, 6, 32, 48)  # N + 1 channels at input resolution
+    out.logits.mean().backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in d.backbone.state_dict().items())  # weights and BN stats
+    assert not d.backbone.training
+
+
+def test_discriminator_passes_gradient_to_the_image():
+    d = Discriminator(3, DiscriminatorConfig(backbone="test_convnext", pretrained=False, decoder_channels=16, stem_channels=8))
+    x = (torch.rand(1, 3, 32, 32) * 2 - 1).requires_grad_()
+    d(x).logits.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_unfrozen_backbone_trains():
+    d = Discriminator(3, DiscriminatorConfig(backbone="test_convnext", pretrained=False, freeze=False, decoder_channels=16, stem_channels=8))
+    d.train()
+    assert d.backbone.training
+    assert len(d.trainable_parameters(backbone=True)) > 0
+
+
+def test_backbone_weights_from_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    src = timm.create_model("test_convnext", pretrained=False)
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    d = Discriminator(3, DiscriminatorConfig(backbone="test_convnext", pretrained=False, weights=str(path), decoder_channels=16, stem_channels=8))
+    w_src = src.stem[0].weight
+    w_d = next(v for k, v in d.backbone.state_dict().items() if k.endswith("stem_0.weight") or k.endswith("stem.0.weight"))
+    assert torch.equal(w_src, w_d)
+
+
+def test_bad_backbone_name_and_missing_weights_file():
+    from train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a timm model"):
+        Discriminator(3, DiscriminatorConfig(backbone="no_such_net", pretrained=False))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Discriminator(3, DiscriminatorConfig(backbone="test_convnext", weights="/nonexistent.safetensors"))
+
+
+@pytest.mark.slow
+def test_paper_preset_builds_and_steps_at_batch_1():
+    from train import losses
+    from train.config import load_config
+
+    cfg = load_config("ade20k-256", ["data.root=/data", "model.discriminator.pretrained=false"])
+    g = Generator(151, cfg.model.generator)
+    d = Discriminator(151, cfg.model.discriminator)
+    label = torch.randint(0, 151, (1, 256, 256))
+    fake = g(label, torch.randn(1, *g.noise_shape))
+    loss = losses.focal_n1_loss(d(fake).logits, label, True)
+    loss.backward()
+    assert torch.isfinite(loss)

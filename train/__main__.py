@@ -1,0 +1,92 @@
+"""``python -m train``: train DP-SIMS from a preset or YAML config.
+
+    python -m train --config configs/synthetic-tiny.yaml [--out RUN_DIR] [--set key=value ...]
+    python -m train --resume RUN_DIR [--set train.steps=...]
+    torchrun --nproc_per_node 8 -m train --config configs/ade20k-256.yaml --set data.root=/data/ade
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+from train.errors import DpSimsError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train DP-SIMS (semantic image synthesis GAN).")
+    p.add_argument("--config", help="preset name (e.g. synthetic-tiny) or YAML file")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.batch_size=8 (repeatable)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--backbone-weights", metavar="PATH",
+                   help="local weights of the discriminator backbone (.safetensors or a weights-only state dict)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except DpSimsError as e:
+        print("error: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from train.config import load_config
+
+    overrides = list(args.overrides)
+    if args.backbone_weights:
+        overrides.append(f"model.discriminator.weights={args.backbone_weights}")
+    if args.resume:
+        if not (args.resume / "config.yaml").exists():
+            from train.errors import CheckpointError
+
+            raise CheckpointError(f"Cannot resume {args.resume}: it has no config.yaml. Give a run folder written by `python -m train`.")
+        cfg = load_config(args.resume / "config.yaml", overrides)
+        run_dir = args.resume
+    else:
+        if not args.config:
+            from train.errors import ConfigError
+
+            raise ConfigError("Give --config PRESET_OR_YAML (e.g. --config configs/synthetic-tiny.yaml) or --resume RUN_DIR.")
+        cfg = load_config(args.config, overrides)
+        run_dir = args.out or Path("runs") / cfg.name
+        if (run_dir / "checkpoints" / "last").exists():
+            from train.errors import ConfigError
+
+            raise ConfigError(
+                f"{run_dir} already holds a training run. Continue it with --resume {run_dir}, or choose another --out."
+            )
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+
+    from train.loop import train
+
+    train(cfg, run_dir, resume=bool(args.resume))
+    from train.checkpoint import last_checkpoint
+
+    ck = last_checkpoint(run_dir)
+    samples = sorted((run_dir / "samples").glob("*.png"))
+    print(f"\nrun folder:      {run_dir}")
+    print(f"config:          {run_dir / 'config.yaml'}")
+    print(f"metrics:         {run_dir / 'metrics.jsonl'}")
+    if ck:
+        print(f"last checkpoint: {ck}")
+    if samples:
+        print(f"latest samples:  {samples[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The DP-SIMS training loop. ``train(cfg, run_dir)`` reads top to bottom: set-up, then one step = one
+discriminator update and one generator update, then logging, samples, evaluation and checkpoints.
+
+Runs on one CPU, one GPU, or several GPUs under torchrun (DDP, one process per GPU; rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from train import losses
+from train.checkpoint import (
+    GeneratorInfo,
+    last_checkpoint,
+    load_optimizer,
+    load_state_strict,
+    load_training_state,
+    read_tensors,
+    save_checkpoint,
+)
+from train.config import Config, save_config
+from train.ema import make_ema, update_ema
+from train.errors import CheckpointError, TrainingDiverged
+from train.models.discriminator import Discriminator
+from train.models.generator import Generator
+
+log = logging.getLogger("train")
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ["LOCAL_RANK"])
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+        info = Dist(dist.get_rank(), world, local)
+        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        return info, device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    return Dist(), torch.device(device_name)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """A seeded permutation per epoch, sharded over ranks, that can start mid-epoch (for exact resume)."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world: int = 1):
+        self.length, self.seed, self.rank, self.world = length, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.length, generator=g)[self.rank :: self.world].tolist()
+        start, self.start = self.start, 0
+        yield from order[start:]
+
+    def __len__(self) -> int:
+        return (self.length - self.rank + self.world - 1) // self.world
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    index: int = 0  # samples of this rank's epoch already consumed
+
+
+def batches(loader, sampler: ResumableSampler, pos: DataPosition, batch_size: int):
+    """Endless batches that keep ``pos`` up to date (saved in checkpoints)."""
+    while True:
+        sampler.set_position(pos.epoch, pos.index)
+        for batch in loader:
+            pos.index += batch_size
+            yield batch
+        pos.epoch, pos.index = pos.epoch + 1, 0
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def python_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": repr(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def restore_rng(rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    random.setstate(_tuplify(ast.literal_eval(state["python"])))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    pos: DataPosition = field(default_factory=DataPosition)
+    best_consistency: float | None = None
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.module if isinstance(m, DDP) else m
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
+    """Train DP-SIMS into ``run_dir`` (resuming from its last checkpoint when ``resume``). Returns run_dir."""
+    from tqdm.auto import tqdm
+
+    from train.data import build_dataset
+    from train.samples import label_consistency_of_generator, write_sample_grid
+
+    dinfo, device = setup_distributed(cfg.train.device)
+    tc, lc = cfg.train, cfg.loss
+    torch.manual_seed(tc.seed + dinfo.rank)
+    np.random.seed(tc.seed + dinfo.rank)
+    random.seed(tc.seed + dinfo.rank)
+    train_set = build_dataset(cfg.data, "train")  # a bad dataset fails here, before anything is written
+    val_set = build_dataset(cfg.data, "val")
+    run_dir = Path(run_dir)
+    if dinfo.main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    num_classes, ignore_id = train_set.num_classes, train_set.ignore_id
+    sampler = ResumableSampler(len(train_set), tc.seed, dinfo.rank, dinfo.world)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+
+    G = Generator(num_classes, cfg.model.generator).to(device)
+    D = Discriminator(num_classes, cfg.model.discriminator).to(device)
+    if device.type == "cuda" and tc.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G_ema = make_ema(G)
+    info = GeneratorInfo(
+        num_classes=num_classes, generator=cfg.model.generator, image_size=list(cfg.data.image_size),
+        class_names=list(train_set.class_names), palette=[list(map(int, c)) for c in train_set.palette],
+        ignore_id=ignore_id, dataset=cfg.data.dataset, extra={"run": cfg.name, "data_seed": cfg.data.seed},
+    )
+    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=tuple(tc.betas))
+    d_groups = [{"params": D.trainable_parameters(backbone=False), "lr": tc.lr_d}]
+    if not cfg.model.discriminator.freeze:
+        d_groups.append({"params": D.trainable_parameters(backbone=True), "lr": cfg.model.discriminator.lr_backbone or tc.lr_d / 10})
+    opt_d = torch.optim.Adam(d_groups, betas=tuple(tc.betas))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp) if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    state = RunState()
+    if resume:
+        state = _resume(run_dir, G, G_ema, D, opt_g, opt_d, scaler, device)
+        log.info("resumed %s at step %d", run_dir, state.step)
+    if dinfo.world > 1:
+        G = DDP(G, device_ids=[dinfo.local_rank] if device.type == "cuda" else None)
+        D = DDP(D, device_ids=[dinfo.local_rank] if device.type == "cuda" else None)
+
+    noise_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + dinfo.rank + state.step)
+    mix_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 7 + dinfo.rank + state.step)
+
+    def sample_noise(n: int) -> torch.Tensor:
+        return torch.randn(n, *_unwrap(G).noise_shape, generator=noise_gen).to(device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        log.warning("interrupt received: finishing this step and writing a checkpoint (press Ctrl-C again to abort)")
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if dinfo.main else None
+
+    def checkpoint() -> None:
+        if dinfo.main:
+            info.step = state.step
+            save_checkpoint(
+                run_dir, state.step, {"generator": _unwrap(G), "generator_ema": G_ema, "discriminator": _unwrap(D)},
+                {"g": opt_g, "d": opt_d}, info,
+                {"pos": vars(state.pos), "scaler": scaler.state_dict(), "best_consistency": state.best_consistency,
+                 "noise_gen": noise_gen.get_state().tolist(), "mix_gen": mix_gen.get_state().tolist(), **python_rng_state()},
+                rng_state(), keep=tc.keep_checkpoints,
+            )
+
+    if resume and (run_dir / "checkpoints" / "last").exists():
+        st, _ = load_training_state(last_checkpoint(run_dir))
+        noise_gen.set_state(torch.tensor(st["noise_gen"], dtype=torch.uint8))
+        mix_gen.set_state(torch.tensor(st["mix_gen"], dtype=torch.uint8))
+
+    data = batches(loader, sampler, state.pos, tc.batch_size)
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if dinfo.main else None  # noqa: SIM115
+    bar = tqdm(total=tc.steps, initial=state.step, disable=not dinfo.main, dynamic_ncols=True, desc="train")
+    t_start, t_log, step_log = time.time(), time.time(), state.step
+    try:
+        while state.step < tc.steps:
+            real, label = next(data)
+            real, label = real.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            n = real.shape[0]
+
+            # ---- discriminator: real pixels -> their class, generated pixels -> "fake", LabelMix consistency
+            with torch.no_grad(), autocast():
+                fake = G(label, sample_noise(n))
+            with autocast():
+                out_real, out_fake = D(real), D(fake.detach())
+                loss_d_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
+                loss_lm = real.new_zeros(())
+                if lc.labelmix > 0:
+                    mask = losses.labelmix_mask(label, mix_gen)
+                    mixed = mask * real + (1 - mask) * fake.detach()
+                    loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
+                loss_d = loss_d_adv + lc.labelmix * loss_lm
+            terms_d = {"loss_d": loss_d, "loss_d_adv": loss_d_adv, "loss_labelmix": loss_lm}
+            _check_finite(state.step, terms_d)
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            _clip(scaler, opt_d, D, tc.grad_clip)
+            scaler.step(opt_d)
+
+            # ---- generator: adversarial, patch contrast to the real image, and diversity on a second noise draw
+            k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
+            z1, z2 = sample_noise(n), sample_noise(k)
+            with autocast():
+                fakes = G(torch.cat([label, label[:k]]), torch.cat([z1, z2]))
+                out_g = D(fakes)
+                loss_g_adv = losses.focal_n1_loss(out_g.logits, torch.cat([label, label[:k]]), True, lc.focal_gamma, lc.class_balance, ignore_id)
+                loss_nce = real.new_zeros(())
+                if lc.contrastive > 0:
+                    loss_nce = losses.patch_contrastive_loss(
+                        out_g.features[:n], out_real.features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
+                    )
+                loss_div = real.new_zeros(())
+                if k:
+                    loss_div = losses.diversity_loss(fakes[:k].float(), fakes[n:].float(), z1[:k], z2, lc.diversity_tau)
+                loss_g = loss_g_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
+            terms_g = {"loss_g": loss_g, "loss_g_adv": loss_g_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div}
+            _check_finite(state.step, terms_g)
+            opt_g.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_g).backward()
+            _clip(scaler, opt_g, G, tc.grad_clip)
+            scaler.step(opt_g)
+            scaler.update()
+            update_ema(G_ema, _unwrap(G), tc.ema_decay if state.step >= tc.ema_start else 0.0)
+            state.step += 1
+            bar.update(1)
+
+            # ---- logging, samples, evaluation, checkpoints (rank 0)
+            if dinfo.main and (state.step % tc.log_every == 0 or state.step == tc.steps):
+                now = time.time()
+                rec = {"step": state.step, **{k: round(float(v.detach()), 5) for k, v in {**terms_d, **terms_g}.items()},
+                       "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
+                       "it_s": round((state.step - step_log) / max(now - t_log, 1e-9), 3), "elapsed_s": round(now - t_start, 1)}
+                t_log, step_log = now, state.step
+                if state.step % tc.eval_every == 0 or state.step == tc.steps:
+                    score = label_consistency_of_generator(G_ema, val_set, cfg.eval.label_consistency_samples, device)
+                    if score is not None:
+                        rec["label_consistency"] = round(score, 4)
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss_d", "loss_g", "label_consistency") if k in rec})
+            if dinfo.main and (state.step % tc.sample_every == 0 or state.step == tc.steps):
+                write_sample_grid(G_ema, val_set, run_dir / "samples" / f"step_{state.step:07d}.png", cfg.eval, device)
+            out_of_time = tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60
+            if state.step % tc.ckpt_every == 0 or state.step == tc.steps or interrupted["flag"] or out_of_time:
+                checkpoint()
+            if interrupted["flag"]:
+                log.warning("stopped by interrupt at step %d; resume with --resume %s", state.step, run_dir)
+                break
+            if out_of_time:
+                log.warning("train.max_minutes=%s reached at step %d; checkpoint written", tc.max_minutes, state.step)
+                if dinfo.main and state.step % tc.sample_every:
+                    write_sample_grid(G_ema, val_set, run_dir / "samples" / f"step_{state.step:07d}.png", cfg.eval, device)
+                break
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+        if dinfo.world > 1:
+            dist.destroy_process_group()
+    return run_dir
+
+
+def _check_finite(step: int, terms: dict[str, torch.Tensor]) -> None:
+    bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v.detach()))}
+    if bad:
+        shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        raise TrainingDiverged(
+            f"Training diverged at step {step + 1}: {shown}. The last good checkpoint is untouched; resume from it "
+            "with a lower learning rate (--set train.lr_g=... train.lr_d=...), train.grad_clip, or train.amp=bf16."
+        )
+
+
+def _clip(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer, model: torch.nn.Module, max_norm: float) -> None:
+    if max_norm > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+
+
+def _resume(run_dir: Path, G, G_ema, D, opt_g, opt_d, scaler, device) -> RunState:
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"Cannot resume: {run_dir} has no checkpoint (checkpoints/last is missing).")
+    st, rng = load_training_state(ckpt)
+    for name, module in (("generator", G), ("generator_ema", G_ema), ("discriminator", D)):
+        tensors, _ = read_tensors(ckpt / f"{name}.safetensors")
+        load_state_strict(module, {k: v.to(device) for k, v in tensors.items()}, ckpt / f"{name}.safetensors")
+    load_optimizer(opt_g, ckpt, "g", st["optimizers"]["g"])
+    load_optimizer(opt_d, ckpt, "d", st["optimizers"]["d"])
+    if st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
+    restore_rng(rng, st)
+    return RunState(step=int(st["step"]), pos=DataPosition(**st["pos"]), best_consistency=st.get("best_consistency"))
