@@ -15,3 +15,7 @@ class InputError(RuntimeErrorBase, ValueError):
 
 class BackendUnavailable(RuntimeErrorBase, ImportError):
     """The library a backend needs is not installed (the message names the pip extra), or the platform lacks it."""
+
+
+class PredictorClosed(RuntimeErrorBase, RuntimeError):
+    """``generate`` was called on a predictor after ``close()`` (or after its ``with`` block ended)."""

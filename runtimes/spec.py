@@ -133,11 +133,34 @@ def validate_dict(data: Any) -> None:
     for c in data["classes"]:
         if not isinstance(c, dict) or set(c) != {"id", "name", "color"}:
             raise ManifestError(f"model.json: each class needs exactly id, name and color, got {c!r}.")
+        color = c["color"]
+        if not (isinstance(color, list) and len(color) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in color)):
+            raise ManifestError(f"model.json: class {c['name']!r} needs an RGB color of three 0..255 integers, got {color!r}.")
+    ids = sorted(c["id"] for c in data["classes"] if _is_int(c["id"]))
+    if ids != list(range(data["num_classes"])):
+        raise ManifestError("model.json: class ids must be exactly 0..num_classes-1, each once.")
+    noise = data["noise_shape"]
+    if not noise or not all(_is_int(v) and v > 0 for v in noise):
+        raise ManifestError(f"model.json: noise_shape must list positive integers, got {noise!r}.")
+    ignore = data.get("ignore_id")
+    if ignore is not None and not (_is_int(ignore) and 0 <= ignore < 2**31):
+        raise ManifestError(f"model.json: ignore_id must be null or a non-negative int32, got {ignore!r}.")
+    batch = data.get("batch", {"min": 1, "opt": 1, "max": 1})
+    if not (
+        isinstance(batch, dict)
+        and all(_is_int(batch.get(k)) for k in ("min", "opt", "max"))
+        and 1 <= batch["min"] <= batch["opt"] <= batch["max"]
+    ):
+        raise ManifestError(f"model.json: batch must be {{min, opt, max}} with 1 <= min <= opt <= max, got {batch!r}.")
     for f in data.get("files", []):
         if not isinstance(f, dict) or set(f) != {"path", "sha256", "bytes"}:
             raise ManifestError(f"model.json: each file entry needs exactly path, sha256 and bytes, got {f!r}.")
         if Path(f["path"]).is_absolute() or ".." in Path(f["path"]).parts:
             raise ManifestError(f"model.json: file path {f['path']!r} must stay inside the artifact directory.")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -161,6 +184,10 @@ def manifest_path(path: str | Path) -> Path:
 def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
     """Read ``model.json`` from an artifact directory (or the file itself) and, by default, check every file's hash."""
     mpath = manifest_path(path)
+    if Path(path).is_file() and mpath != Path(path):
+        raise ManifestError(
+            f"{path} is a file, not an artifact: give the artifact directory that holds it and {MANIFEST_NAME}."
+        )
     if not mpath.exists():
         raise ManifestError(
             f"No {MANIFEST_NAME} at {mpath}. Give the artifact directory written by `python -m export` (it holds model.json)."

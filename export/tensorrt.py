@@ -1,0 +1,196 @@
+"""TensorRT target: ``model.onnx`` at the requested precision + a build plan, and the engine where TensorRT is here.
+
+The ONNX is the portable part of a TensorRT artifact: FP16 as float16 casts, INT8 as explicit Q/DQ nodes
+(symmetric int8, what TensorRT reads), made and quality-checked by the onnx target (:mod:`export.onnx`) so that
+both report the same accuracy numbers. TensorRT 11 builds only such strongly typed networks; 8.6 and 10 build them
+too. The engine (``model.engine``, TensorRT's plan, byte for byte) is tied to a GPU model and TensorRT version: it
+is built here when ``tensorrt`` and a GPU are present, otherwise on the device -- by the runtime on first load,
+or ahead of time by ``python -m export --target tensorrt --from model.onnx`` (:func:`export_from_onnx`, no torch).
+Engines are device caches (validated by their sidecar ``model.engine.json``), not listed in the manifest's files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from export.base import ExportRequest, ExportResult
+from runtimes.errors import BackendUnavailable, ManifestError
+from runtimes.spec import file_entry, read_manifest, write_manifest
+from runtimes.trt_engine import (
+    ENGINE_NAME,
+    TIMING_CACHE_NAME,
+    EngineBuildError,
+    build_engine,
+    detect_onnx_precision,
+    import_tensorrt,
+)
+
+ONNX_NAME = "model.onnx"
+DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def export(req: ExportRequest) -> ExportResult:
+    """Write ``model.onnx`` (through the onnx target: same conversion, same quality gate), check that TensorRT can
+    read its quantization, and build the engine when TensorRT and a GPU are here."""
+    from export import onnx as onnx_target
+
+    if req.precision not in PRECISIONS:
+        raise EngineBuildError(f"The tensorrt target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
+    options = dict(req.options)
+    opset = int(options.setdefault("opset", DEFAULT_OPSET))
+    options.setdefault("qdq_for", "tensorrt")  # symmetric int8 activations and weights: the Q/DQ TensorRT reads
+    result = onnx_target.export(replace(req, options=options))
+    onnx_path = req.out_dir / ONNX_NAME
+    onnx_precision = detect_onnx_precision(onnx_path)
+    if onnx_precision == "int8":
+        check_qdq_for_tensorrt(onnx_path)
+    plan = build_plan(req.precision, onnx_precision, req.batch, opset, options)
+    notes = list(result.notes) + build_here(req.out_dir, plan, req.input_size, req.noise_shape)
+    return ExportResult(
+        files=result.files,
+        quality=result.quality,
+        calibration=result.calibration,
+        target_options={**result.target_options, **plan},
+        notes=notes,
+    )
+
+
+def build_plan(precision: str, onnx_precision: str, batch: tuple[int, int, int], opset: int | None, options: dict) -> dict:
+    """``target_options`` of the manifest: what the device builds (the runtime reads it in load_or_build)."""
+    dla = options.get("dla")
+    return {
+        "onnx": ONNX_NAME,
+        "precision": precision,
+        "onnx_precision": onnx_precision,
+        "batch": list(batch),
+        "opset": opset,
+        "dla_core": None if dla is None else int(dla),
+        "workspace_gb": float(options.get("workspace_gb", 2.0)),
+    }
+
+
+def build_here(out_dir: Path, plan: dict[str, Any], input_size, noise_shape) -> list[str]:
+    """Build ``model.engine`` (+ sidecar, timing cache) in ``out_dir`` when TensorRT and a GPU are present here;
+    return the lines that tell the user what happened and what the device will do."""
+    on_device = (
+        "The engine will be built on the device: by the runtime on first load (cached beside model.onnx), or "
+        f"ahead of time there with: python -m export --target tensorrt --from {ONNX_NAME} --out DIR"
+        + (f" --dla {plan['dla_core']}" if plan["dla_core"] is not None else "")
+        + " (no torch needed)."
+    )
+    try:
+        trt = import_tensorrt()
+        from runtimes.backends.tensorrt import open_cuda
+
+        cuda = open_cuda()
+    except BackendUnavailable as e:
+        return [f"No TensorRT engine built here: {e}", on_device]
+    try:
+        gpu = cuda.device_info()
+        with cuda.activate():
+            meta = build_engine(
+                out_dir / plan["onnx"],
+                out_dir / ENGINE_NAME,
+                plan["precision"],
+                tuple(plan["batch"]),
+                input_size=tuple(input_size),
+                noise_shape=tuple(noise_shape),
+                workspace_gb=plan["workspace_gb"],
+                dla_core=plan["dla_core"],
+                timing_cache=out_dir / TIMING_CACHE_NAME,
+                onnx_precision=plan["onnx_precision"],
+                gpu=gpu,
+                trt=trt,
+            )
+    finally:
+        cuda.close()
+    return [
+        f"Built {ENGINE_NAME} for {gpu.name} (compute {gpu.compute_capability}) with TensorRT {trt.__version__} "
+        f"in {meta['build_seconds']:.1f} s; other GPUs or TensorRT versions rebuild it on first load.",
+    ]
+
+
+def check_qdq_for_tensorrt(onnx_path: Path) -> None:
+    """TensorRT reads symmetric signed int8 Q/DQ only (zero point 0); refuse anything else with the reason."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+            continue
+        zero = constants.get(node.input[2])
+        if zero is None:
+            continue
+        values = numpy_helper.to_array(zero)
+        if zero.data_type != onnx.TensorProto.INT8 or values.any():
+            raise EngineBuildError(
+                f"{onnx_path}: QuantizeLinear {node.name!r} has a {values.dtype} zero point {values.ravel()[:4].tolist()}; "
+                "TensorRT needs symmetric signed int8 quantization (zero point 0) for activations and weights. "
+                "Quantize with int8 activations, symmetric (export.onnx.quantize_qdq for TensorRT)."
+            )
+
+
+def export_from_onnx(
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    precision: str | None = None,
+    batch: tuple[int, int, int] | None = None,
+    dla: int | None = None,
+    *,
+    workspace_gb: float = 2.0,
+) -> ExportResult:
+    """Make a TensorRT artifact in ``out_dir`` from the ``model.onnx`` of a dp-sims artifact (onnx or tensorrt
+    target; its ``model.json`` gives classes, sizes and quality) and build its engine when TensorRT is here.
+
+    For ``python -m export --target tensorrt --from model.onnx --out DIR [--precision P] [--batch 1,1,16]
+    [--dla N]`` on the device: no torch is imported. ``precision`` defaults to the ONNX's own; an FP32 ONNX can
+    be built at fp16 on TensorRT <= 10 (builder flags); TensorRT 11 needs the precision in the ONNX. Writes
+    ``model.json`` itself (there is no ExportRequest) and returns what the CLI prints.
+    """
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    source_dir = onnx_path.parent
+    if not (source_dir / "model.json").is_file():
+        raise ManifestError(
+            f"{onnx_path} has no model.json beside it. Give the model.onnx of a dp-sims artifact (made by "
+            "python -m export --target onnx or tensorrt): its model.json holds the classes and sizes."
+        )
+    source = read_manifest(source_dir)
+    if source.file(onnx_path.name).path != onnx_path.name:
+        raise ManifestError(f"{onnx_path.name} is not the model file of the artifact in {source_dir}.")
+    onnx_precision = source.target_options.get("onnx_precision", source.precision)
+    precision = precision or onnx_precision
+    if precision not in PRECISIONS:
+        raise EngineBuildError(f"The tensorrt target builds {', '.join(PRECISIONS)}, not {precision!r}.")
+    batch = tuple(batch) if batch else (source.batch["min"], source.batch["opt"], source.batch["max"])
+    opts = {"dla": dla if dla is not None else source.target_options.get("dla_core"), "workspace_gb": workspace_gb}
+    plan = build_plan(precision, onnx_precision, batch, source.target_options.get("opset"), opts)
+    plan["onnx"] = onnx_path.name
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_files = [f.path for f in source.files]  # model.onnx and its external weights, if any
+    if out_dir.resolve() != source_dir.resolve():
+        for name in onnx_files:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_dir / name, out_dir / name)
+    notes = build_here(out_dir, plan, source.input_size, source.noise_shape)
+    manifest = replace(
+        source,
+        target="tensorrt",
+        precision=precision,
+        batch=dict(zip(("min", "opt", "max"), (int(b) for b in batch))),
+        files=[file_entry(out_dir, name) for name in onnx_files],
+        target_options={**source.target_options, **plan},
+    )
+    if precision != onnx_precision:  # the source's quality report measured the ONNX, not this engine
+        manifest.quality = None
+        notes.append(f"The {onnx_precision} ONNX is built at {precision} by TensorRT's builder flags: its quality "
+                     "was not measured; compare its images with the FP32 artifact before shipping it.")
+    write_manifest(manifest, out_dir)
+    return ExportResult(files=onnx_files, quality=manifest.quality, calibration=source.calibration,
+                        target_options=plan, notes=notes)

@@ -1,0 +1,151 @@
+"""Command line: ``python -m runtimes generate`` and ``python -m runtimes info``.
+
+    python -m runtimes generate --model DIR --label map.png --seed 0 --out out.png
+    python -m runtimes generate --model DIR --label map.png --seed 0 --n 4 --out out.png          # out-0.png .. out-3.png
+    python -m runtimes generate --model DIR --label map.png --seed 0 --n 4 --grid --out grid.png  # map + 4 images
+    python -m runtimes info [--model DIR] [--json]
+
+With ``--n N`` the variations use seeds SEED..SEED+N-1 and are written one file per seed (``STEM-SEED.png``), or
+with ``--grid`` as one image: the colourised label map, then the N images, in one row. Without ``--seed`` a random
+seed is drawn and printed, so a result can be reproduced. User errors print one paragraph on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes import imaging
+from runtimes.backends import BACKENDS, available_libraries
+from runtimes.errors import RuntimeErrorBase
+from runtimes.predictor import load_predictor
+from runtimes.spec import read_manifest
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)  # 2 -> int, true -> bool, "f32" stays a string
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtimes", description="Run DP-SIMS generator artifacts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="synthesize images from a label map")
+    gen.add_argument("--model", required=True, help="artifact directory (holding model.json)")
+    gen.add_argument("--label", required=True, help="label map: PNG (palette, grey ids or class colours) or .npy")
+    gen.add_argument("--out", required=True, help="output PNG")
+    gen.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
+    gen.add_argument("--n", type=_positive_int, default=1, help="number of variations (seeds SEED..SEED+N-1)")
+    gen.add_argument("--grid", action="store_true", help="with --n > 1: one image (label map + variations)")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], or the backend's names (GPU, NPU...)")
+    gen.add_argument("--resize", action="store_true", help="resize a label map of another size (nearest)")
+    gen.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                     help="backend option, e.g. intra_op_num_threads=2 or inference_precision=bf16 (repeatable)")
+
+    info = sub.add_parser("info", help="describe an artifact and the inference libraries of this machine")
+    info.add_argument("--model", help="artifact directory (optional)")
+    info.add_argument("--device", default="auto")
+    info.add_argument("--no-open", action="store_true", help="do not open the backend (only read model.json)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
+    out = Path(args.out)
+    with load_predictor(args.model, device=args.device, **dict(args.option)) as predictor:
+        images = predictor.generate_variations(args.label, args.n, seed=seed, resize=args.resize)
+        if args.n == 1:
+            written = [imaging.save_png(out, images[0])]
+        elif args.grid:
+            labels, _ = predictor.prepare_labels(args.label, resize=args.resize)
+            tiles = np.concatenate([predictor.colorize(labels), images])
+            written = [imaging.save_png(out, imaging.image_grid(tiles))]
+        else:
+            written = [imaging.save_png(out.with_name(f"{out.stem}-{seed + i}{out.suffix or '.png'}"), image)
+                       for i, image in enumerate(images)]
+    seeds = f"seed {seed}" if args.n == 1 else f"seeds {seed}..{seed + args.n - 1}"
+    print(f"{predictor.target} {predictor.precision}, {seeds}: wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    report: dict[str, Any] = {}
+    if args.model:
+        manifest = read_manifest(args.model)
+        report["artifact"] = {
+            "path": str(Path(args.model)),
+            "target": manifest.target,
+            "precision": manifest.precision,
+            "input_size": manifest.input_size,
+            "num_classes": manifest.num_classes,
+            "ignore_id": manifest.ignore_id,
+            "noise_shape": manifest.noise_shape,
+            "batch": manifest.batch,
+            "files": [f"{f.path} ({f.bytes} bytes)" for f in manifest.files],
+            "quality": manifest.quality,
+            "trained_on": manifest.trained_on,
+        }
+        report["backend"] = {"class": BACKENDS[manifest.target]}
+        if not args.no_open:
+            try:
+                with load_predictor(args.model, device=args.device, verify=False) as predictor:
+                    report["backend"] |= predictor.info()["backend"]
+            except RuntimeErrorBase as e:  # info describes what is missing instead of failing
+                report["backend"]["unavailable"] = str(e)
+    report["libraries"] = available_libraries()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_report(report)
+    return 0
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    for section, values in report.items():
+        print(section)
+        for key, value in values.items():
+            if section == "libraries":
+                value = _library_line(value)
+            print(f"  {key:<18} {value}")
+
+
+def _library_line(lib: dict[str, Any]) -> str:
+    if not lib["installed"]:
+        return "not installed"
+    if "error" in lib:
+        return f"installed but fails to import: {lib['error']}"
+    devices = ", ".join(lib.get("devices", [])) or "-"
+    note = f" ({lib['note']})" if lib.get("note") else ""
+    return f"{lib['version']}  devices: {devices}{note}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_generate(args) if args.command == "generate" else cmd_info(args)
+    except (RuntimeErrorBase, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

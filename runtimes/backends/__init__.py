@@ -1,0 +1,116 @@
+"""Backend registry: a manifest's ``target`` names a ``module:Class``, imported only when such an artifact opens.
+
+The backend is chosen from the manifest's target alone, never from a file suffix. Each backend module imports its
+inference library inside ``__init__`` (through :func:`runtimes._optional.require`), so importing this package
+costs nothing and a missing library surfaces as :class:`BackendUnavailable` naming the pip extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from runtimes.backends.base import Backend
+from runtimes.errors import BackendUnavailable, InputError, ManifestError
+from runtimes.spec import Manifest
+
+BACKENDS: dict[str, str] = {
+    "torch": "runtimes.backends.torch_backend:TorchBackend",
+    "onnx": "runtimes.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "runtimes.backends.openvino_backend:OpenVINOBackend",
+    "tensorrt": "runtimes.backends.tensorrt:TensorRTBackend",
+    "coreml": "runtimes.backends.coreml:CoreMLBackend",
+}
+
+#: pip extra that installs each target's inference library
+EXTRAS: dict[str, str] = {"torch": "train", "onnx": "onnx", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
+
+
+def backend_class(target: str) -> type[Backend]:
+    """Import and return the backend class registered for ``target``."""
+    if target not in BACKENDS:
+        raise ManifestError(f"No backend runs the target {target!r}; known targets: {', '.join(BACKENDS)}.")
+    module_name, _, class_name = BACKENDS[target].partition(":")
+    extra = EXTRAS.get(target, target)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        if getattr(e, "name", None) == module_name:
+            raise BackendUnavailable(
+                f"This installation of dp-sims has no {target} backend ({module_name} is missing). "
+                "Reinstall dp-sims, or export the model for another target."
+            ) from None
+        raise BackendUnavailable(
+            f"The {target} backend cannot be imported ({e}). Install it with: pip install 'dp-sims[{extra}]'"
+        ) from None
+    return getattr(module, class_name)
+
+
+def open_backend(artifact_dir: str | Path, manifest: Manifest, device: str = "auto", **options: Any) -> Backend:
+    """Open the backend of ``manifest.target`` on ``device``; ``options`` go to the backend (checked by name)."""
+    if not isinstance(device, str) or not device.strip():
+        raise InputError(f"device must be a non-empty string such as 'auto', 'cpu' or 'cuda', got {device!r}.")
+    cls = backend_class(manifest.target)
+    if cls.accepted_options is not None:
+        unknown = sorted(set(options) - cls.accepted_options)
+        if unknown:
+            accepted = ", ".join(sorted(cls.accepted_options)) or "none"
+            raise InputError(f"The {manifest.target} backend does not understand the option(s) {unknown}; it accepts: {accepted}.")
+    return cls(Path(artifact_dir), manifest, device=device.strip(), **options)
+
+
+# --------------------------------------------------------------------------------- what this machine has
+
+
+def _probe_torch() -> dict[str, Any]:
+    import torch
+
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"version": torch.__version__, "devices": ["cpu", *(f"cuda:{i} ({n})" for i, n in enumerate(cuda))]}
+
+
+def _probe_onnxruntime() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {"version": ort.__version__, "devices": ort.get_available_providers()}
+
+
+def _probe_openvino() -> dict[str, Any]:
+    import openvino as ov
+
+    return {"version": ov.__version__, "devices": ov.Core().available_devices}
+
+
+def _probe_tensorrt() -> dict[str, Any]:
+    return {"version": metadata.version("tensorrt"), "devices": []}  # the import alone needs a GPU driver
+
+
+def _probe_coremltools() -> dict[str, Any]:
+    can_predict = platform.system() == "Darwin"  # importing coremltools only to ask that is slow and noisy
+    return {"version": metadata.version("coremltools"), "devices": ["ALL", "CPU_AND_NE", "CPU_ONLY"] if can_predict else [],
+            "note": "" if can_predict else "converts models here; prediction needs macOS"}
+
+
+_PROBES = {
+    "torch": _probe_torch,
+    "onnxruntime": _probe_onnxruntime,
+    "openvino": _probe_openvino,
+    "tensorrt": _probe_tensorrt,
+    "coremltools": _probe_coremltools,
+}
+
+
+def available_libraries() -> dict[str, dict[str, Any]]:
+    """Version and devices of every inference library, ``{"installed": False}`` for the absent ones; never raises."""
+    report: dict[str, dict[str, Any]] = {}
+    for name, probe in _PROBES.items():
+        try:
+            report[name] = {"installed": True, **probe()}
+        except (ImportError, metadata.PackageNotFoundError):
+            report[name] = {"installed": False}
+        except Exception as e:  # a broken install must not break `python -m runtimes info`
+            report[name] = {"installed": True, "error": f"{type(e).__name__}: {e}"}
+    return report

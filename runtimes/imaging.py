@@ -1,0 +1,135 @@
+"""Label-map and image IO for the predictor: numpy always, pillow only when a file or PIL image is involved.
+
+Label maps arrive as palette PNGs (mode ``P``: the palette indices are the class ids, as ADE20K, VOC and
+Cityscapes store them), grey PNGs (mode ``L``/``I``: the values are the ids), colour-coded PNGs (mode ``RGB``:
+each colour is a class colour of the artifact's palette) or ``.npy`` arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes._optional import require
+from runtimes.errors import InputError
+
+PILLOW_EXTRA = "runtime"
+_ID_MODES = ("P", "L", "I", "1", "F", "I;16", "I;16L", "I;16B", "I;16N")  # "F" is read, then refused as float
+
+
+def _pil_image_module() -> Any:
+    return require("PIL.Image", PILLOW_EXTRA, what="pillow (needed to read and write PNG files)")
+
+
+def is_pil_image(obj: Any) -> bool:
+    """True for a PIL image, without importing pillow (an image exists only if pillow was imported already)."""
+    module = sys.modules.get("PIL.Image")
+    return module is not None and isinstance(obj, module.Image)
+
+
+def pil_to_array(image: Any) -> tuple[np.ndarray, bool]:
+    """``(array, is_rgb)``: class ids [H, W] for P/L/I images, colours [H, W, 3] for RGB(A) images."""
+    if image.mode in _ID_MODES:
+        array = np.asarray(image)
+        return (array.astype(np.uint8) if array.dtype == bool else array), False
+    if image.mode in ("RGB", "RGBA"):
+        return np.asarray(image)[..., :3], True
+    raise InputError(
+        f"A label image must have mode P (palette indices), L or I (class ids) or RGB (class colours); "
+        f"got mode {image.mode!r}. Convert it first, e.g. image.convert('RGB') for colour-coded maps."
+    )
+
+
+def read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """Read a label map file: ``.npy`` (class ids, never unpickled) or any image pillow reads (see pil_to_array)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"No label map file at {path}.")
+    if path.suffix.lower() == ".npy":
+        try:
+            return np.load(path, allow_pickle=False), False
+        except ValueError as e:
+            raise InputError(f"{path} is not a plain numpy array file ({e}).") from None
+    pil = _pil_image_module()
+    try:
+        with pil.open(path) as image:
+            image.load()
+            return pil_to_array(image)
+    except (pil.UnidentifiedImageError, OSError) as e:
+        raise InputError(f"Cannot read {path} as an image ({e}). Give a PNG label map or a .npy array.") from None
+
+
+IGNORE_COLOR = (0, 0, 0)
+"""Colour of ignored pixels in colourised maps (when no class has it)."""
+
+
+def colors_to_ids(rgb: np.ndarray, palette: np.ndarray, ignore_id: int | None = None) -> np.ndarray:
+    """Map an [..., 3] colour image to class ids through ``palette`` [C, 3] (exact colours only). With an
+    ``ignore_id``, pixels of IGNORE_COLOR map to it unless a class has that colour."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim < 2 or rgb.shape[-1] != 3 or not np.issubdtype(rgb.dtype, np.integer):
+        raise InputError(f"A colour-coded label map must be an integer [H, W, 3] array, got {rgb.dtype} {rgb.shape}.")
+    if rgb.size and (rgb.min() < 0 or rgb.max() > 255):
+        raise InputError("A colour-coded label map must hold colours in 0..255.")
+    palette_keys = _color_keys(palette)
+    if np.unique(palette_keys).size != palette_keys.size:
+        raise InputError("The artifact's palette gives two classes the same colour, so RGB label maps are ambiguous; "
+                         "give class ids (a palette-mode PNG or an integer array) instead.")
+    ids = np.arange(len(palette_keys))
+    ignore_key = _color_keys(np.array(IGNORE_COLOR))
+    if ignore_id is not None and ignore_key not in palette_keys:
+        palette_keys, ids = np.append(palette_keys, ignore_key), np.append(ids, ignore_id)
+    keys = _color_keys(rgb)
+    order = np.argsort(palette_keys, kind="stable")
+    sorted_keys = palette_keys[order]
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    unknown = sorted_keys[pos] != keys
+    if unknown.any():
+        where = tuple(int(i) for i in np.argwhere(unknown)[0])
+        color = [int(v) for v in rgb[where]]
+        raise InputError(
+            f"The label map holds the colour {color} at {where} ({int(unknown.sum())} such pixels), which is not a class "
+            "colour of this artifact (see predictor.classes). Anti-aliased or resized colour maps lose exact colours: "
+            "draw them without smoothing or give class ids."
+        )
+    return ids[order[pos]].astype(np.int32)
+
+
+def _color_keys(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, dtype=np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of [..., H, W] class ids to ``size`` (pixel centres, as pillow's NEAREST)."""
+    h, w = labels.shape[-2:]
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile [N, H, W, 3] uint8 images into one image, ``columns`` per row (default: all in one row)."""
+    n, h, w, c = images.shape
+    columns = columns or n
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + pad) - pad, columns * (w + pad) - pad, c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * (h + pad): r * (h + pad) + h, col * (w + pad): col * (w + pad) + w] = image
+    return grid
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an [H, W, 3] uint8 image as a PNG (needs pillow) and return its path."""
+    pil = _pil_image_module()
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise InputError(f"save_png writes [H, W, 3] uint8 images, got {image.dtype} {image.shape}.")
+    path = Path(path)
+    pil.fromarray(image).save(path, format="PNG")
+    return path

@@ -1,0 +1,356 @@
+"""One predictor over every backend: validation, noise, batching and conversion to uint8 happen here, once.
+
+>>> from runtimes import load_predictor
+>>> with load_predictor("artifacts/ade20k-onnx-fp32") as predictor:
+...     image = predictor.generate("label.png", seed=0)          # (H, W, 3) uint8
+
+Noise is sampled on the host, one generator per image: image ``i`` of a batch uses
+``np.random.default_rng(seed_i).standard_normal((1, *noise_shape), dtype=np.float32)``. A single int ``seed`` for a
+batch of N maps means seeds ``seed, seed + 1, ..., seed + N - 1``, so map ``i`` alone with ``seed + i`` gives the
+same image as in the batch, and the same seed gives the same image on every backend (within its precision).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes import imaging
+from runtimes.backends import BACKENDS, open_backend
+from runtimes.backends.base import Backend
+from runtimes.errors import InputError, ManifestError, PredictorClosed
+from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, ClassInfo, Manifest, manifest_path, read_manifest
+
+LabelMap = Any  # np.ndarray | PIL.Image.Image | str | os.PathLike | Sequence of those (one per map)
+
+
+def load_predictor(path: str | os.PathLike, device: str = "auto", *, verify: bool = True, **options: Any) -> Predictor:
+    """Open the artifact at ``path`` (its directory or its model.json) on ``device``.
+
+    The manifest is validated and, with ``verify``, every file's sha256 is checked; the backend comes from the
+    manifest's ``target``. ``device``: "auto" (the fastest available), "cpu", "cuda"/"cuda:N", or the backend's own
+    names (OpenVINO: "GPU", "NPU", ...). ``options`` go to the backend, e.g. ``intra_op_num_threads=2`` (onnx),
+    ``performance_hint="THROUGHPUT"`` or ``inference_precision="bf16"`` (openvino).
+    """
+    manifest = read_manifest(path, verify=verify)
+    artifact_dir = manifest_path(path).parent
+    return Predictor(open_backend(artifact_dir, manifest, device, **options), manifest, artifact_dir)
+
+
+class Predictor:
+    """Label maps in, uint8 RGB images out, on whichever backend opened the artifact. Thread-safe; close it
+    (or use ``with``) to release the engine."""
+
+    def __init__(self, backend: Backend, manifest: Manifest, artifact_dir: str | os.PathLike | None = None):
+        self._backend: Backend | None = backend
+        self._manifest = manifest
+        self._artifact_dir = Path(artifact_dir) if artifact_dir is not None else backend.artifact_dir
+        self._palette = np.asarray(manifest.palette, dtype=np.uint8).reshape(-1, 3)
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------- properties
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        """The artifact's classes (id, name, RGB colour), ordered by id."""
+        return sorted(self._manifest.classes, key=lambda c: c.id)
+
+    @property
+    def num_classes(self) -> int:
+        return self._manifest.num_classes
+
+    @property
+    def ignore_id(self) -> int | None:
+        return self._manifest.ignore_id
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the label maps the artifact takes (and of the images it returns)."""
+        return (int(self._manifest.input_size[0]), int(self._manifest.input_size[1]))
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Per-image noise shape, without the batch dimension."""
+        return tuple(int(v) for v in self._manifest.noise_shape)
+
+    @property
+    def target(self) -> str:
+        return self._manifest.target
+
+    @property
+    def precision(self) -> str:
+        return self._manifest.precision
+
+    @property
+    def max_batch(self) -> int:
+        return self._open_backend().max_batch
+
+    # ----------------------------------------------------------------------------------------- generation
+    def generate(
+        self,
+        label_map: LabelMap,
+        seed: int | Sequence[int] | None = None,
+        noise: np.ndarray | None = None,
+        batch_size: int | None = None,
+        resize: bool = False,
+    ) -> np.ndarray:
+        """Synthesize images for one label map (-> (H, W, 3) uint8) or a batch (-> (N, H, W, 3) uint8).
+
+        label_map: an integer (H, W) or (N, H, W) array of class ids, a PIL image (mode P, L/I or RGB in the
+            artifact's palette colours), a path to a PNG or .npy file, or a list of such maps (a batch).
+        seed: an int (a batch uses seed, seed+1, ...), one seed per map, or None for fresh random seeds.
+        noise: explicit standard-normal noise of shape noise_shape (one map) or (N, *noise_shape); not with seed.
+        batch_size: maps per backend call, at most the artifact's max batch (default: that max).
+        resize: resize maps of another size to the artifact's input size (nearest); the images come out at the
+            artifact's size. Without it a map of another size is an InputError.
+        """
+        return to_uint8(self.generate_raw(label_map, seed=seed, noise=noise, batch_size=batch_size, resize=resize))
+
+    def generate_raw(
+        self,
+        label_map: LabelMap,
+        seed: int | Sequence[int] | None = None,
+        noise: np.ndarray | None = None,
+        batch_size: int | None = None,
+        resize: bool = False,
+    ) -> np.ndarray:
+        """As :meth:`generate`, but the model's own output: float32 (3, H, W) or (N, 3, H, W) in [-1, 1]."""
+        labels, batched = self.prepare_labels(label_map, resize=resize)
+        if noise is not None and seed is not None:
+            raise InputError("Give either seed or noise, not both.")
+        if noise is None:
+            noise = self.sample_noise(self._seeds(seed, len(labels)))
+        else:
+            noise = self._check_noise(noise, len(labels), batched)
+        images = self._run(labels, noise, batch_size)
+        return images if batched else images[0]
+
+    def generate_variations(
+        self, label_map: LabelMap, n: int, seed: int | None = 0, batch_size: int | None = None, resize: bool = False
+    ) -> np.ndarray:
+        """``n`` images of one label map with seeds ``seed .. seed+n-1`` -> (n, H, W, 3) uint8."""
+        labels, _ = self.prepare_labels(label_map, resize=resize)
+        if len(labels) != 1:
+            raise InputError(f"generate_variations takes one label map, got a batch of {len(labels)}.")
+        if not _is_int(n) or n < 1:
+            raise InputError(f"n must be a positive integer, got {n!r}.")
+        seeds = self._seeds(seed, n)
+        return to_uint8(self._run(np.repeat(labels, n, axis=0), self.sample_noise(seeds), batch_size))
+
+    def sample_noise(self, seeds: Sequence[int]) -> np.ndarray:
+        """Noise for one image per seed: float32 (len(seeds), *noise_shape), the same on every platform."""
+        shape = (1, *self.noise_shape)
+        return np.concatenate(
+            [np.random.default_rng(int(s)).standard_normal(shape, dtype=np.float32) for s in seeds], axis=0
+        )
+
+    # --------------------------------------------------------------------------------------- label maps
+    def prepare_labels(self, label_map: LabelMap, resize: bool = False, check_size: bool = True) -> tuple[np.ndarray, bool]:
+        """Validate and convert any accepted label map to int32 (N, H, W); also says whether it was a batch."""
+        if isinstance(label_map, (list, tuple)) and label_map and _is_map_object(label_map[0]):
+            maps = [self._single_map(m, resize, check_size) for m in label_map]
+            if len({m.shape for m in maps}) > 1:
+                raise InputError(f"The label maps of a batch differ in size: {sorted({m.shape for m in maps})}.")
+            return np.stack(maps), True
+        labels = self._to_id_array(label_map)
+        batched = labels.ndim == 3
+        labels = self._validate(labels, resize, check_size)
+        return (labels if batched else labels[None]), batched
+
+    def _single_map(self, label_map: Any, resize: bool, check_size: bool) -> np.ndarray:
+        labels = self._to_id_array(label_map)
+        if labels.ndim != 2:
+            raise InputError(f"Each map of a list must be one (H, W) map, got shape {labels.shape}.")
+        return self._validate(labels, resize, check_size)
+
+    def _to_id_array(self, label_map: Any) -> np.ndarray:
+        if isinstance(label_map, (str, os.PathLike)):
+            array, is_rgb = imaging.read_label_file(label_map)
+        elif imaging.is_pil_image(label_map):
+            array, is_rgb = imaging.pil_to_array(label_map)
+        elif isinstance(label_map, (np.ndarray, list, tuple)) or hasattr(label_map, "__array__") or np.isscalar(label_map):
+            try:
+                array, is_rgb = np.asarray(label_map), False
+            except ValueError as e:  # ragged nested lists
+                raise InputError(f"The label map is not a rectangular array ({e}).") from None
+        else:
+            raise InputError(
+                f"label_map must be an integer array, a PIL image, a path to a PNG/.npy file or a list of those; "
+                f"got {type(label_map).__name__}."
+            )
+        return self.ids_from_colors(array) if is_rgb else array
+
+    def _validate(self, labels: np.ndarray, resize: bool, check_size: bool) -> np.ndarray:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(
+                f"A label map must hold integer class ids, got dtype {labels.dtype}. Floats are refused even when "
+                "integral (they usually mean an image or a normalised map); convert with .astype(np.int32)."
+            )
+        if labels.ndim not in (2, 3):
+            raise InputError(f"A label map must be (H, W) or (N, H, W), got {labels.ndim} dimensions {labels.shape}.")
+        if labels.size == 0:
+            raise InputError(f"The label map is empty (shape {labels.shape}).")
+        self._check_ids(labels)
+        if labels.shape[-2:] != self.input_size and check_size:
+            if not resize:
+                h, w = self.input_size
+                raise InputError(
+                    f"This artifact takes {h}x{w} label maps, got {labels.shape[-2]}x{labels.shape[-1]}. "
+                    "Pass resize=True to resize (nearest) or resize the map yourself."
+                )
+            labels = imaging.resize_nearest(labels, self.input_size)
+        return labels.astype(np.int32)
+
+    def _check_ids(self, labels: np.ndarray) -> None:
+        lo, hi = labels.min(), labels.max()
+        if lo >= 0 and hi < self.num_classes:
+            return
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if self.ignore_id is not None:
+            bad &= labels != self.ignore_id
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            ignore = f" or the ignore id {self.ignore_id}" if self.ignore_id is not None else ""
+            raise InputError(
+                f"The label map holds the class id {int(labels[where])} at {where} ({int(bad.sum())} such pixels); "
+                f"this artifact knows ids 0..{self.num_classes - 1}{ignore}."
+            )
+
+    def ids_from_colors(self, rgb: np.ndarray) -> np.ndarray:
+        """Class ids [..., H, W] of a colour-coded map [..., H, W, 3] drawn in the artifact's palette colours
+        (black is the ignore id, as :meth:`colorize` draws it, when the artifact has one and no class is black)."""
+        return imaging.colors_to_ids(rgb, self._palette, self.ignore_id)
+
+    def colorize(self, label_map: LabelMap) -> np.ndarray:
+        """The label map in its class colours: (H, W, 3) or (N, H, W, 3) uint8; ignored pixels are black."""
+        labels, batched = self.prepare_labels(label_map, check_size=False)
+        ignored = labels >= self.num_classes
+        colors = self._palette[np.where(ignored, 0, labels)]
+        colors[ignored] = imaging.IGNORE_COLOR
+        return colors if batched else colors[0]
+
+    # ------------------------------------------------------------------------------------------ running
+    def _seeds(self, seed: int | Sequence[int] | None, n: int) -> list[int]:
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**63 - n))
+        if _is_int(seed):
+            if seed < 0:
+                raise InputError(f"A seed must be a non-negative integer, got {seed}.")
+            return [int(seed) + i for i in range(n)]
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            seeds = list(np.asarray(seed).reshape(-1)) if isinstance(seed, np.ndarray) else list(seed)
+            if len(seeds) != n or not all(_is_int(s) and s >= 0 for s in seeds):
+                raise InputError(f"seed must list {n} non-negative integers (one per map), got {seed!r}.")
+            return [int(s) for s in seeds]
+        raise InputError(f"seed must be an int, a list of ints (one per map) or None, got {type(seed).__name__}.")
+
+    def _check_noise(self, noise: Any, n: int, batched: bool) -> np.ndarray:
+        noise = np.asarray(noise)
+        expected = (n, *self.noise_shape)
+        if not batched and noise.shape == self.noise_shape:
+            noise = noise[None]
+        if noise.shape != expected or not np.issubdtype(noise.dtype, np.floating):
+            raise InputError(f"noise must be a float array of shape {expected}, got {noise.dtype} {noise.shape}.")
+        if not np.isfinite(noise).all():
+            raise InputError("noise holds NaN or infinite values.")
+        return noise.astype(np.float32, copy=False)
+
+    def _open_backend(self) -> Backend:
+        if self._backend is None:
+            raise PredictorClosed("This predictor is closed; open the artifact again with runtimes.load_predictor().")
+        return self._backend
+
+    def _run(self, labels: np.ndarray, noise: np.ndarray, batch_size: int | None) -> np.ndarray:
+        with self._lock:
+            backend = self._open_backend()
+            if batch_size is None:
+                batch_size = backend.max_batch
+            elif not _is_int(batch_size) or not 1 <= batch_size <= backend.max_batch:
+                raise InputError(f"batch_size must be an integer in 1..{backend.max_batch} (this artifact's max batch), got {batch_size!r}.")
+            n = len(labels)
+            out = np.empty((n, 3, *self.input_size), dtype=np.float32)
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                out[start:stop] = self._infer_chunk(backend, labels[start:stop], noise[start:stop])
+        return out
+
+    def _infer_chunk(self, backend: Backend, labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        n = len(labels)
+        pad = max(0, backend.min_batch - n)
+        if pad:  # e.g. a TensorRT profile that starts above 1: repeat the last map, drop the extra images
+            labels = np.concatenate([labels, np.repeat(labels[-1:], pad, axis=0)])
+            noise = np.concatenate([noise, np.repeat(noise[-1:], pad, axis=0)])
+        result = backend.infer({INPUT_LABEL: np.ascontiguousarray(labels), INPUT_NOISE: np.ascontiguousarray(noise)})
+        image = np.asarray(result.get(OUTPUT_IMAGE))
+        expected = (n + pad, 3, *self.input_size)
+        if image.shape != expected:
+            raise ManifestError(
+                f"The {self.target} model returned {OUTPUT_IMAGE!r} of shape {image.shape}, the graph contract says "
+                f"{expected}: the artifact does not match its model.json. Export it again."
+            )
+        return image[:n]
+
+    # ------------------------------------------------------------------------------------------ the rest
+    def info(self) -> dict[str, Any]:
+        """What the artifact is and what runs it (manifest summary + the backend's own description)."""
+        m = self._manifest
+        return {
+            "artifact": str(self._artifact_dir),
+            "target": m.target,
+            "precision": m.precision,
+            "input_size": list(self.input_size),
+            "num_classes": m.num_classes,
+            "ignore_id": m.ignore_id,
+            "noise_shape": list(self.noise_shape),
+            "batch": dict(m.batch),
+            "quality": m.quality,
+            "calibration": m.calibration,
+            "trained_on": m.trained_on,
+            "library_versions": m.library_versions,
+            "backend": {"class": BACKENDS.get(m.target, ""), **self._open_backend().describe()},
+        }
+
+    def close(self) -> None:
+        """Release the engine (idempotent); the predictor cannot generate afterwards."""
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        state = "closed" if self._backend is None else type(self._backend).__name__
+        return f"Predictor({self.target} {self.precision}, {h}x{w}, {self.num_classes} classes, {state}, {self._artifact_dir})"
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1], channels first ([3, H, W] or [N, 3, H, W]) -> uint8 channels last (round, clip)."""
+    if not np.isfinite(images).all():
+        warnings.warn("The model produced NaN or infinite pixels; they are written as mid-grey.", RuntimeWarning, stacklevel=3)
+        images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=-1.0)
+    pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(pixels, -3, -1))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_map_object(obj: Any) -> bool:
+    """A list whose items are maps (arrays, images, paths) is a batch; a list of numbers is one nested array."""
+    return isinstance(obj, (np.ndarray, str, os.PathLike)) or imaging.is_pil_image(obj)

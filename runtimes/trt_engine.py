@@ -1,0 +1,527 @@
+"""TensorRT engines for the generator: build one from the ONNX, cache it per GPU and TensorRT version, load it.
+
+Shared by the runtime (:mod:`runtimes.backends.tensorrt`, so that a Jetson that ships `runtimes` alone builds its
+engine on first load) and by :mod:`export.tensorrt` (which builds at export time where TensorRT is installed).
+Only numpy is imported here; ``tensorrt`` is imported when an engine is built or loaded.
+
+How the network is built depends on the TensorRT major version (see :func:`plan_network`):
+
+- 8.x: explicit-batch network, precision through builder flags (FP16; INT8 for Q/DQ or with a calibrator);
+- 10.x: a strongly typed network when the ONNX carries the requested precision (FP16 casts, INT8 Q/DQ), builder
+  flags when an FP32 ONNX is to be built at reduced precision (the weakly typed path, deprecated in 10.x);
+- 11.x: strongly typed only: no FP16/INT8 flags, no calibrators; the precision must be in the ONNX.
+
+An engine only runs on the GPU model and TensorRT version that built it, so a cached engine comes with a sidecar
+JSON (``model.engine.json``: TensorRT version, GPU name and compute capability, ONNX sha256, build options and a
+key over all of them). The engine file itself is TensorRT's plan, byte for byte: trtexec and Triton load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from runtimes.errors import BackendUnavailable, ManifestError, RuntimeErrorBase
+from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest, sha256_file
+
+log = logging.getLogger("dp_sims.tensorrt")
+
+ENGINE_NAME = "model.engine"
+SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
+TIMING_CACHE_NAME = "model.timing.cache"
+SIDECAR_FORMAT = "dp-sims-tensorrt-engine/1"
+MIN_VERSION = (8, 5)  # name-based I/O (set_input_shape, set_tensor_address, execute_async_v3)
+INSTALL_HINT = (
+    "Install it with: pip install 'dp-sims[tensorrt]'. On a Jetson use JetPack's TensorRT instead "
+    "(sudo apt install python3-libnvinfer; create the venv with --system-site-packages)."
+)
+
+
+class EngineBuildError(RuntimeErrorBase, RuntimeError):
+    """TensorRT could not build an engine from the ONNX (parser errors, a precision this version cannot build...)."""
+
+
+# ------------------------------------------------------------------------------------------ the library
+
+
+def import_tensorrt() -> ModuleType:
+    """``import tensorrt`` or raise :class:`BackendUnavailable` naming the extra (and JetPack's package)."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:  # also sys.modules["tensorrt"] = None
+        raise BackendUnavailable(f"TensorRT's Python package is not installed ({e}). {INSTALL_HINT}") from None
+    if trt_version(trt) < MIN_VERSION:
+        raise BackendUnavailable(
+            f"TensorRT {trt.__version__} is too old: dp-sims needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer "
+            "(JetPack 6 or newer on Jetson). " + INSTALL_HINT
+        )
+    return trt
+
+
+def trt_version(trt: ModuleType) -> tuple[int, int]:
+    major, minor, *_ = (trt.__version__.split(".") + ["0"])[:2]
+    return int(major), int(minor)
+
+
+_LOGGERS: weakref.WeakKeyDictionary[ModuleType, Any] = weakref.WeakKeyDictionary()
+
+
+def trt_logger(trt: ModuleType) -> Any:
+    """One ``trt.Logger`` per process (TensorRT's advice); it prints warnings and errors to stderr."""
+    if trt not in _LOGGERS:
+        _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt]
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The identity of the GPU an engine is built for (engines are tied to it)."""
+
+    name: str
+    compute_capability: str  # "8.7"
+
+
+# ------------------------------------------------------------------------------------------ what to build
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str
+    """What the engine computes in: fp32, fp16 or int8."""
+    onnx_precision: str
+    """What the ONNX itself carries: fp32, fp16 (float16 weights/casts) or int8 (Q/DQ nodes)."""
+    input_size: tuple[int, int]
+    noise_shape: tuple[int, ...]
+    batch: tuple[int, int, int] = (1, 1, 16)
+    workspace_gb: float = 2.0
+    dla_core: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("precision", "onnx_precision"):
+            if getattr(self, name) not in ("fp32", "fp16", "int8"):
+                raise EngineBuildError(f"TensorRT builds fp32, fp16 or int8 engines; {name} is {getattr(self, name)!r}.")
+        lo, opt, hi = self.batch
+        if not 1 <= lo <= opt <= hi:
+            raise EngineBuildError(f"batch must be (min, opt, max) with 1 <= min <= opt <= max, got {self.batch}.")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise EngineBuildError(f"dla_core must be a DLA core index >= 0, got {self.dla_core}.")
+        if self.workspace_gb <= 0:
+            raise EngineBuildError(f"workspace_gb must be positive, got {self.workspace_gb}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {**d, "input_size": list(self.input_size), "noise_shape": list(self.noise_shape), "batch": list(self.batch)}
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """How the network is created and configured for one TensorRT version."""
+
+    explicit_batch: bool
+    """Set NetworkDefinitionCreationFlag.EXPLICIT_BATCH (required before 10, gone in 11)."""
+    strongly_typed: bool
+    """Tensor types come from the ONNX; on 10.x through the STRONGLY_TYPED flag, always on in 11."""
+    builder_flags: tuple[str, ...] = ()
+    """BuilderFlag names to set (FP16, INT8, GPU_FALLBACK)."""
+    needs_calibrator: bool = False
+    """Implicit INT8 (an FP32 ONNX built at INT8): TensorRT <= 10 only, with an IInt8 calibrator."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def plan_network(trt_major: int, precision: str, onnx_precision: str, dla: bool = False) -> NetworkPlan:
+    """Decide flags and typing from the TensorRT major version and what the ONNX carries (pure; no TensorRT)."""
+    if onnx_precision != "fp32" and onnx_precision != precision:
+        raise EngineBuildError(
+            f"The ONNX is already {onnx_precision} and cannot be built as {precision}: build it as {onnx_precision}, "
+            f"or give the FP32 ONNX (python -m export --target tensorrt --precision {precision})."
+        )
+    if dla and precision == "fp32":
+        raise EngineBuildError("DLA runs FP16 and INT8 layers only: build with --precision fp16 or int8 for DLA.")
+    fallback = ("GPU_FALLBACK",) if dla else ()
+    reduced = precision != onnx_precision  # an FP32 ONNX to be built at fp16/int8: only builder flags can do it
+    if trt_major >= 11:
+        if reduced:
+            how = (
+                "python -m export --target tensorrt --precision fp16 (ONNX casts), or ModelOpt AutoCast"
+                if precision == "fp16"
+                else "python -m export --target tensorrt --precision int8 (explicit Q/DQ, calibrated and quality-checked)"
+            )
+            raise EngineBuildError(
+                f"TensorRT {trt_major} builds strongly typed networks only (no FP16/INT8 builder flags, no calibrators): "
+                f"the ONNX must carry the {precision} precision itself. Make that ONNX with {how}."
+            )
+        return NetworkPlan(explicit_batch=False, strongly_typed=True, builder_flags=fallback)
+    explicit_batch = trt_major < 10
+    if not reduced:
+        if trt_major >= 10:
+            return NetworkPlan(explicit_batch=False, strongly_typed=True, builder_flags=fallback)
+        # 8.x: weakly typed; reduced-precision ONNX types still need the flag that allows those kernels
+        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision]
+        return NetworkPlan(explicit_batch=explicit_batch, strongly_typed=False, builder_flags=flags + fallback)
+    flags = ("FP16",) if precision == "fp16" else ("INT8",)
+    notes = ()
+    if precision == "int8":
+        notes = (
+            "Implicit INT8 with a calibrator (deprecated since TensorRT 10.1, removed in 11); the explicit Q/DQ "
+            "ONNX from `python -m export --target tensorrt --precision int8` is the quality-checked path.",
+        )
+    return NetworkPlan(
+        explicit_batch=explicit_batch,
+        strongly_typed=False,
+        builder_flags=flags + fallback,
+        needs_calibrator=precision == "int8",
+        notes=notes,
+    )
+
+
+def detect_onnx_precision(onnx_path: str | Path) -> str:
+    """int8 when the graph has Q/DQ nodes, fp16 when it computes in float16 (weights or casts), else fp32.
+
+    Needs the ``onnx`` package; a Jetson without it reads the value export wrote into model.json instead."""
+    try:
+        import onnx
+    except ImportError:
+        raise BackendUnavailable(
+            "Telling the ONNX's precision needs the onnx package: pip install 'dp-sims[onnx]' (or pass onnx_precision)."
+        ) from None
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ops = {node.op_type for node in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops:
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in model.graph.initializer):
+        return "fp16"
+    for node in model.graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
+            return "fp16"
+    return "fp32"
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: str,
+    batch: tuple[int, int, int] = (1, 1, 16),
+    *,
+    input_size: tuple[int, int],
+    noise_shape: tuple[int, ...],
+    workspace_gb: float = 2.0,
+    dla_core: int | None = None,
+    timing_cache: str | Path | None = None,
+    onnx_precision: str | None = None,
+    calibrator: Any = None,
+    gpu: GpuInfo | None = None,
+    trt: ModuleType | None = None,
+) -> dict[str, Any]:
+    """Build ``engine_path`` (TensorRT's plan) and its sidecar ``engine_path + '.json'`` from ``onnx_path``.
+
+    ``batch`` is the (min, opt, max) optimisation profile of the batch dimension of ``label`` and ``noise``.
+    ``timing_cache``: a file read before the build (when it exists and fits this GPU) and written after it, so
+    that rebuilds (another batch profile, precision...) skip most kernel timing. ``calibrator``: an IInt8
+    calibrator (:func:`calibration.tensorrt.make_entropy_calibrator`) for implicit INT8 from an FP32 ONNX on
+    TensorRT <= 10. ``gpu`` is recorded in the sidecar. Returns the sidecar's content.
+    """
+    trt = trt or import_tensorrt()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    options = BuildOptions(
+        precision=precision,
+        onnx_precision=onnx_precision or detect_onnx_precision(onnx_path),
+        input_size=tuple(input_size),
+        noise_shape=tuple(noise_shape),
+        batch=tuple(batch),
+        workspace_gb=workspace_gb,
+        dla_core=dla_core,
+    )
+    major, _ = trt_version(trt)
+    plan = plan_network(major, options.precision, options.onnx_precision, dla=dla_core is not None)
+    if plan.needs_calibrator and calibrator is None:
+        raise EngineBuildError(
+            "An INT8 engine from an FP32 ONNX needs calibration data. Use the Q/DQ ONNX made by "
+            "`python -m export --target tensorrt --precision int8` (recommended), or pass a calibrator."
+        )
+    for note in plan.notes:
+        log.warning(note)
+
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, major, plan))
+    _parse_onnx(trt, network, logger, onnx_path)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    shapes = _input_shapes(network, options)
+    config.add_optimization_profile(_profile(builder, shapes, options.batch))
+    if calibrator is not None and plan.needs_calibrator:
+        n = int(calibrator.get_batch_size())
+        config.int8_calibrator = calibrator
+        config.set_calibration_profile(_profile(builder, shapes, (n, n, n)))
+    if dla_core is not None:
+        _use_dla(trt, builder, config, dla_core, options.batch)
+    cache = _load_timing_cache(config, Path(timing_cache) if timing_cache else None)
+
+    log.info("Building a TensorRT %s %s engine from %s (minutes on a Jetson)", trt.__version__, precision, onnx_path)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} failed to build the {precision} engine from {onnx_path}; its log above says "
+            "why. Common causes: too little workspace (raise workspace_gb), a layer DLA cannot run, an out-of-memory GPU."
+        )
+    if timing_cache:
+        atomic_write_bytes(Path(timing_cache), memoryview(cache.serialize() if cache is not None else b""))
+    atomic_write_bytes(engine_path, memoryview(serialized))
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "tensorrt": trt.__version__,
+        "gpu": asdict(gpu) if gpu is not None else None,
+        "onnx_sha256": sha256_file(onnx_path),
+        "engine_sha256": sha256_file(engine_path),
+        "build": options.to_dict(),
+        "network": {"strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags)},
+        "build_seconds": round(seconds, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if gpu is not None:
+        sidecar["cache_key"] = cache_key(sidecar["onnx_sha256"], options, trt.__version__, gpu)
+    atomic_write_bytes(sidecar_path(engine_path), json.dumps(sidecar, indent=2).encode())
+    return sidecar
+
+
+def _network_flags(trt: ModuleType, major: int, plan: NetworkPlan) -> int:
+    kinds = trt.NetworkDefinitionCreationFlag
+    flags = 0
+    if plan.explicit_batch:
+        flags |= 1 << int(kinds.EXPLICIT_BATCH)
+    if plan.strongly_typed and major == 10:  # 11 is always strongly typed (the flag is deprecated there)
+        flags |= 1 << int(kinds.STRONGLY_TYPED)
+    return flags
+
+
+def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: Path) -> None:
+    parser = trt.OnnxParser(network, logger)
+    parser_flags = getattr(trt, "OnnxParserFlag", None)
+    if parser_flags is not None and hasattr(parser_flags, "NATIVE_INSTANCENORM"):
+        parser.set_flag(parser_flags.NATIVE_INSTANCENORM)  # the plugin-free InstanceNormalization (8.6+)
+    if not onnx_path.is_file():
+        raise ManifestError(f"No ONNX file at {onnx_path}.")
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so that external weight files are found
+        errors = "\n".join(f"  - {parser.get_error(i)}" for i in range(parser.num_errors))
+        raise EngineBuildError(
+            f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors or '  (no error recorded)'}\n"
+            "Export the ONNX again with --opset 17 (TensorRT 8.6 reads opsets up to 17), or update TensorRT."
+        )
+
+
+def _input_shapes(network: Any, options: BuildOptions) -> dict[str, tuple[int, ...]]:
+    """The ONNX's inputs, checked against the graph contract; batch dimension first and dynamic."""
+    expected = {INPUT_LABEL: tuple(options.input_size), INPUT_NOISE: tuple(options.noise_shape)}
+    found = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    if set(found) != set(expected) or OUTPUT_IMAGE not in outputs:
+        raise EngineBuildError(
+            f"The ONNX has inputs {sorted(found)} and outputs {outputs}; the graph contract wants inputs "
+            f"{INPUT_LABEL!r}, {INPUT_NOISE!r} and output {OUTPUT_IMAGE!r}. Export it again with `python -m export`."
+        )
+    shapes = {}
+    for name, shape in found.items():
+        rest = tuple(expected[name])
+        if len(shape) != len(rest) + 1 or any(d not in (-1, e) for d, e in zip(shape[1:], rest)):
+            raise EngineBuildError(
+                f"The ONNX input {name!r} has shape {list(shape)}; the artifact says [N, {', '.join(map(str, rest))}]."
+            )
+        shapes[name] = rest
+    return shapes
+
+
+def _profile(builder: Any, shapes: dict[str, tuple[int, ...]], batch: tuple[int, int, int]) -> Any:
+    profile = builder.create_optimization_profile()
+    for name, rest in shapes.items():
+        lo, opt, hi = ((b, *rest) for b in batch)
+        profile.set_shape(name, lo, opt, hi)
+    return profile
+
+
+def _use_dla(trt: ModuleType, builder: Any, config: Any, core: int, batch: tuple[int, int, int]) -> None:
+    available = int(getattr(builder, "num_DLA_cores", 0))
+    if core >= available:
+        raise EngineBuildError(
+            f"DLA core {core} was asked for, this device has {available} DLA core(s). DLA exists on Jetson AGX Orin "
+            "(2 cores) and Orin NX (1 or 2); build without --dla elsewhere."
+        )
+    if batch[0] != batch[2]:
+        log.warning("DLA needs static shapes: with a dynamic batch %s most layers fall back to the GPU; "
+                    "export with --batch N,N,N for DLA.", batch)
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = core
+
+
+def _load_timing_cache(config: Any, path: Path | None) -> Any:
+    if path is None:
+        return None
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    log.warning("The timing cache %s was made on another GPU or TensorRT version; starting a fresh one.", path)
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def cache_key(onnx_sha256: str, options: BuildOptions, tensorrt_version: str, gpu: GpuInfo) -> str:
+    """sha256 over everything an engine depends on: the ONNX, the build options, TensorRT's version and the GPU."""
+    blob = {
+        "format": SIDECAR_FORMAT,
+        "onnx_sha256": onnx_sha256,
+        "build": options.to_dict(),
+        "tensorrt": tensorrt_version,
+        "gpu": asdict(gpu),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def stale_reason(engine_path: Path, key: str, gpu: GpuInfo, tensorrt_version: str) -> str | None:
+    """None when the cached engine at ``engine_path`` was built for exactly this key; else why it cannot be used."""
+    side = sidecar_path(engine_path)
+    if not engine_path.is_file() or not side.is_file():
+        return "no cached engine"
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return f"{side} is unreadable"
+    if meta.get("cache_key") == key:
+        if meta.get("engine_sha256") != sha256_file(engine_path):
+            return f"{engine_path} does not match the sha256 in its sidecar"
+        return None
+    built_gpu = (meta.get("gpu") or {}).get("name")
+    if meta.get("tensorrt") != tensorrt_version:
+        return f"built with TensorRT {meta.get('tensorrt')}, this is TensorRT {tensorrt_version}"
+    if built_gpu != gpu.name or (meta.get("gpu") or {}).get("compute_capability") != gpu.compute_capability:
+        return f"built on {built_gpu}, this GPU is {gpu.name}"
+    return "built from another ONNX or with other build options"
+
+
+@dataclass
+class LoadedEngine:
+    engine: Any
+    """The deserialized ICudaEngine."""
+    runtime: Any
+    """The trt.Runtime that deserialized it (kept alive as long as the engine)."""
+    path: Path
+    cache_hit: bool
+    reason: str
+    """Why it was (re)built, or "cached engine matches this GPU and TensorRT"."""
+    sidecar: dict[str, Any]
+
+
+def build_options(manifest: Manifest, workspace_gb: float | None = None, dla_core: int | None = None) -> BuildOptions:
+    """The build options an artifact's manifest asks for (``target_options`` written by export), with overrides."""
+    opts = manifest.target_options
+    b = manifest.batch
+    return BuildOptions(
+        precision=opts.get("precision", manifest.precision),
+        onnx_precision=opts.get("onnx_precision", manifest.precision),
+        input_size=tuple(manifest.input_size),
+        noise_shape=tuple(manifest.noise_shape),
+        batch=(int(b["min"]), int(b["opt"]), int(b["max"])),
+        workspace_gb=float(workspace_gb if workspace_gb is not None else opts.get("workspace_gb", 2.0)),
+        dla_core=dla_core if dla_core is not None else opts.get("dla_core"),
+    )
+
+
+def default_cache_dir(artifact_dir: Path, onnx_sha256: str) -> Path:
+    """The artifact directory when writable (engine beside the ONNX), else ~/.cache/dp-sims/tensorrt/<onnx>."""
+    if os.access(artifact_dir, os.W_OK):
+        return artifact_dir
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "dp-sims" / "tensorrt" / onnx_sha256[:16]
+
+
+def load_or_build(
+    artifact_dir: str | Path,
+    manifest: Manifest,
+    gpu: GpuInfo,
+    *,
+    cache_dir: str | Path | None = None,
+    workspace_gb: float | None = None,
+    dla_core: int | None = None,
+    rebuild: bool = False,
+    trt: ModuleType | None = None,
+) -> LoadedEngine:
+    """Deserialize the cached engine when its sidecar matches this GPU, TensorRT version, ONNX and options;
+    otherwise build it from the artifact's ONNX and cache it (atomically) beside it or in ``cache_dir``."""
+    trt = trt or import_tensorrt()
+    artifact_dir = Path(artifact_dir)
+    onnx_entry = manifest.file(manifest.target_options.get("onnx", "model.onnx"))
+    options = build_options(manifest, workspace_gb, dla_core)
+    key = cache_key(onnx_entry.sha256, options, trt.__version__, gpu)
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(artifact_dir, onnx_entry.sha256)
+    engine_path = directory / ENGINE_NAME
+    runtime = trt.Runtime(trt_logger(trt))
+
+    reason = "rebuild requested" if rebuild else stale_reason(engine_path, key, gpu, trt.__version__)
+    if reason is None:
+        engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if engine is not None:
+            meta = json.loads(sidecar_path(engine_path).read_text())
+            return LoadedEngine(engine, runtime, engine_path, True, "cached engine matches this GPU and TensorRT", meta)
+        reason = "TensorRT could not deserialize the cached engine"
+    log.info("Building the TensorRT engine for %s: %s", artifact_dir, reason)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = build_engine(
+        artifact_dir / onnx_entry.path,
+        engine_path,
+        options.precision,
+        options.batch,
+        input_size=options.input_size,
+        noise_shape=options.noise_shape,
+        workspace_gb=options.workspace_gb,
+        dla_core=options.dla_core,
+        timing_cache=directory / TIMING_CACHE_NAME,
+        onnx_precision=options.onnx_precision,
+        gpu=gpu,
+        trt=trt,
+    )
+    if meta["onnx_sha256"] != onnx_entry.sha256:
+        raise ManifestError(f"{artifact_dir / onnx_entry.path} changed while the engine was built; load the artifact again.")
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} built {engine_path} but cannot deserialize it; see its log above.")
+    return LoadedEngine(engine, runtime, engine_path, False, reason, meta)
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,647 @@
+"""TensorRT: build plans per version, engine cache, backend, INT8 calibrator and export, against a fake of TensorRT's
+Python API (tests/fake_tensorrt.py) whose engines compute with onnxruntime; plus one test with the real library."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from fake_tensorrt import PLAN_MAGIC, FakeCuda, FakeDevice, make_tensorrt
+from onnx import TensorProto, helper
+from runtime_artifacts import random_label_map, tiny_classes, tiny_generator
+
+from runtimes import load_predictor
+from runtimes.errors import BackendUnavailable, InputError, PredictorClosed
+from runtimes.spec import Manifest, file_entry, read_manifest, write_manifest
+from runtimes.trt_engine import (
+    BuildOptions,
+    EngineBuildError,
+    GpuInfo,
+    build_engine,
+    cache_key,
+    detect_onnx_precision,
+    load_or_build,
+    plan_network,
+    sidecar_path,
+)
+
+SIZE = (32, 32)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(tmp_path_factory) -> tuple[Path, tuple[int, ...]]:
+    """A tiny real generator exported the way the graph contract says (dynamic batch, opset 17)."""
+    generator = tiny_generator(size=SIZE)
+    path = tmp_path_factory.mktemp("trt_onnx") / "model.onnx"
+    example = (torch.zeros(2, *SIZE, dtype=torch.int32), torch.zeros(2, *generator.noise_shape))
+    torch.onnx.export(
+        generator, example, str(path), input_names=["label", "noise"], output_names=["image"], opset_version=17,
+        dynamic_axes={"label": {0: "batch"}, "noise": {0: "batch"}, "image": {0: "batch"}}, dynamo=False,
+    )
+    return path, tuple(generator.noise_shape)
+
+
+def make_artifact(
+    directory: Path, onnx_fp32, batch=(1, 2, 4), precision="fp32", onnx_precision="fp32", target="tensorrt", **target_options
+) -> Path:
+    src, noise_shape = onnx_fp32
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, directory / "model.onnx")
+    manifest = Manifest(
+        target=target,
+        precision=precision,
+        input_size=list(SIZE),
+        num_classes=5,
+        classes=tiny_classes(),
+        noise_shape=list(noise_shape),
+        files=[file_entry(directory, "model.onnx")],
+        batch=dict(zip(("min", "opt", "max"), batch)),
+        target_options={"onnx": "model.onnx", "precision": precision, "onnx_precision": onnx_precision, **target_options},
+    )
+    write_manifest(manifest, directory)
+    return directory
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Install a fake `tensorrt` of the given version on one FakeDevice: fake(version) -> (trt, device)."""
+
+    def install(version: str = "10.3.0", device: FakeDevice | None = None):
+        trt = make_tensorrt(version, device)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        return trt, trt.dev
+
+    return install
+
+
+def build(trt, onnx_fp32, tmp_path, precision="fp16", onnx_precision="fp32", **kwargs):
+    path, noise_shape = onnx_fp32
+    return build_engine(
+        path, tmp_path / "model.engine", precision, kwargs.pop("batch", (1, 2, 4)), input_size=SIZE,
+        noise_shape=noise_shape, onnx_precision=onnx_precision, trt=trt, **kwargs,
+    )
+
+
+def calls(dev: FakeDevice, name: str) -> list[tuple]:
+    return [c[1:] for c in dev.calls if c[0] == name]
+
+
+def onnxruntime_reference(onnx_path: Path, labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["image"], {"label": labels.astype(np.int32), "noise": noise})[0]
+
+
+# ------------------------------------------------------------------------------------- plan per version
+
+
+@pytest.mark.parametrize(
+    ("major", "precision", "onnx_precision", "explicit", "strong", "flags", "calibrator"),
+    [
+        (8, "fp32", "fp32", True, False, (), False),
+        (8, "fp16", "fp16", True, False, ("FP16",), False),
+        (8, "int8", "int8", True, False, ("INT8",), False),
+        (8, "fp16", "fp32", True, False, ("FP16",), False),
+        (8, "int8", "fp32", True, False, ("INT8",), True),
+        (10, "fp32", "fp32", False, True, (), False),
+        (10, "fp16", "fp16", False, True, (), False),
+        (10, "int8", "int8", False, True, (), False),
+        (10, "fp16", "fp32", False, False, ("FP16",), False),
+        (10, "int8", "fp32", False, False, ("INT8",), True),
+        (11, "fp16", "fp16", False, True, (), False),
+        (11, "int8", "int8", False, True, (), False),
+    ],
+)
+def test_plan_per_version(major, precision, onnx_precision, explicit, strong, flags, calibrator):
+    plan = plan_network(major, precision, onnx_precision)
+    assert (plan.explicit_batch, plan.strongly_typed, plan.builder_flags, plan.needs_calibrator) == (
+        explicit, strong, flags, calibrator,
+    )
+
+
+def test_plan_refuses_what_a_version_cannot_build():
+    with pytest.raises(EngineBuildError, match="strongly typed.*AutoCast"):
+        plan_network(11, "fp16", "fp32")
+    with pytest.raises(EngineBuildError, match="Q/DQ"):
+        plan_network(11, "int8", "fp32")
+    with pytest.raises(EngineBuildError, match="already fp16"):
+        plan_network(10, "int8", "fp16")
+    with pytest.raises(EngineBuildError, match="DLA runs FP16 and INT8"):
+        plan_network(10, "fp32", "fp32", dla=True)
+    assert plan_network(10, "int8", "int8", dla=True).builder_flags == ("GPU_FALLBACK",)
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
+@pytest.mark.parametrize(
+    ("version", "onnx_precision", "network_flags", "builder_flags"),
+    [
+        ("8.6.1", "fp16", 1, ["FP16"]),  # EXPLICIT_BATCH, weakly typed + FP16
+        ("8.6.1", "fp32", 1, ["FP16"]),
+        ("10.3.0", "fp16", 2, []),  # STRONGLY_TYPED, no precision flag
+        ("10.3.0", "fp32", 0, ["FP16"]),  # weakly typed: the flag does the conversion
+        ("11.0.0", "fp16", 0, []),  # always strongly typed; no flags exist
+    ],
+)
+def test_build_uses_the_right_network_and_flags(fake, onnx_fp32, tmp_path, version, onnx_precision, network_flags, builder_flags):
+    trt, dev = fake(version)
+    meta = build(trt, onnx_fp32, tmp_path, precision="fp16", onnx_precision=onnx_precision, workspace_gb=1.5)
+    assert calls(dev, "builder.create_network") == [(network_flags,)]
+    assert [c[0] for c in calls(dev, "config.set_flag")] == builder_flags
+    assert calls(dev, "parser.set_flag") == [("NATIVE_INSTANCENORM",)]
+    assert calls(dev, "config.set_memory_pool_limit") == [("WORKSPACE", int(1.5 * 2**30))]
+    (profile,) = calls(dev, "config.add_optimization_profile")
+    noise = onnx_fp32[1]
+    assert profile[0] == {
+        "label": ((1, *SIZE), (2, *SIZE), (4, *SIZE)),
+        "noise": ((1, *noise), (2, *noise), (4, *noise)),
+    }
+    engine = (tmp_path / "model.engine").read_bytes()
+    assert engine.startswith(PLAN_MAGIC)  # TensorRT's plan, byte for byte: nothing prepended
+    sidecar = json.loads(sidecar_path(tmp_path / "model.engine").read_text())
+    assert sidecar == meta
+    assert sidecar["tensorrt"] == version and sidecar["engine_sha256"] == hashlib.sha256(engine).hexdigest()
+    assert sidecar["network"]["strongly_typed"] == (network_flags == 2 or version.startswith("11"))
+
+
+def test_tensorrt_10_rejects_precision_flags_on_a_strongly_typed_network(fake, onnx_fp32, tmp_path):
+    """The fake behaves like TensorRT here, so the plan above is what keeps builds working."""
+    trt, dev = fake("10.3.0")
+    builder = trt.Builder(trt.Logger())
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, None).parse_from_file(str(onnx_fp32[0]))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.add_optimization_profile(builder.create_optimization_profile())
+    assert builder.build_serialized_network(network, config) is None
+
+
+def test_tensorrt_11_has_no_precision_flags_or_calibrators(fake, onnx_fp32, tmp_path):
+    trt, _ = fake("11.0.0")
+    assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt, "IInt8EntropyCalibrator2")
+    with pytest.raises(EngineBuildError, match="strongly typed networks only"):
+        build(trt, onnx_fp32, tmp_path, precision="fp16", onnx_precision="fp32")
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_dla_settings(fake, onnx_fp32, tmp_path):
+    trt, dev = fake("10.3.0", FakeDevice("Orin", "8.7", dla_cores=2))
+    build(trt, onnx_fp32, tmp_path, precision="fp16", onnx_precision="fp16", dla_core=1, batch=(1, 1, 1))
+    (header,) = [c[0] for c in calls(dev, "builder.build_serialized_network")]
+    assert header["dla_core"] == 1 and header["flags"] == ["GPU_FALLBACK"] and header["strongly_typed"]
+
+    trt, _ = fake("10.3.0", FakeDevice("NVIDIA H100", "9.0", dla_cores=0))
+    with pytest.raises(EngineBuildError, match="0 DLA core.*Orin"):
+        build(trt, onnx_fp32, tmp_path, precision="fp16", onnx_precision="fp16", dla_core=0)
+
+
+def test_timing_cache_is_written_and_reused(fake, onnx_fp32, tmp_path):
+    trt, dev = fake("10.3.0")
+    cache = tmp_path / "model.timing.cache"
+    build(trt, onnx_fp32, tmp_path, timing_cache=cache)
+    assert cache.is_file() and calls(dev, "config.create_timing_cache") == [(0,)]
+    first = calls(dev, "builder.build_serialized_network")[0][0]
+    assert first["timing_reused"] == 0
+
+    dev.calls.clear()
+    build(trt, onnx_fp32, tmp_path, timing_cache=cache, batch=(1, 4, 8))  # another profile: same layers
+    assert calls(dev, "config.create_timing_cache")[0][0] == cache.stat().st_size
+    assert calls(dev, "config.set_timing_cache")[0][1] is True
+    assert calls(dev, "builder.build_serialized_network")[0][0]["timing_reused"] > 0
+
+    trt, dev = fake("10.3.0", FakeDevice("another GPU"))  # a cache from another GPU is not used
+    build(trt, onnx_fp32, tmp_path, timing_cache=cache)
+    assert [c[1] for c in calls(dev, "config.set_timing_cache")] == [False, True]
+    assert json.loads(cache.read_bytes())["gpu"] == "another GPU"
+
+
+def test_parser_errors_are_listed(fake, onnx_fp32, tmp_path):
+    trt, _ = fake("8.6.1")
+    trt.unsupported_ops = {"Softmax"}
+    with pytest.raises(EngineBuildError, match=r"rejected(.|\n)*No importer registered for op: Softmax"):
+        build(trt, onnx_fp32, tmp_path)
+
+
+def test_onnx_that_breaks_the_graph_contract_is_refused(fake, onnx_fp32, tmp_path):
+    trt, _ = fake("10.3.0")
+    with pytest.raises(EngineBuildError, match="'label' has shape"):
+        build_engine(onnx_fp32[0], tmp_path / "m.engine", "fp32", input_size=(64, 64), noise_shape=onnx_fp32[1],
+                     onnx_precision="fp32", trt=trt)
+
+
+def _tiny_onnx(path: Path, kind: str, zero_point=(TensorProto.INT8, 0)) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    if kind == "int8":
+        scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+        zero = helper.make_tensor("z", zero_point[0], [], [zero_point[1]])
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+        inits = [scale, zero]
+    elif kind == "fp16":
+        nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT)]
+        inits = []
+    else:
+        nodes, inits = [helper.make_node("Relu", ["x"], ["y"])], []
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits)), str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "int8"])
+def test_detect_onnx_precision(tmp_path, kind):
+    assert detect_onnx_precision(_tiny_onnx(tmp_path / "m.onnx", kind)) == kind
+
+
+# --------------------------------------------------------------------------------------------- caching
+
+
+def test_cache_key_covers_gpu_version_onnx_and_options():
+    options = BuildOptions("fp16", "fp16", SIZE, (4, 8))
+    gpu = GpuInfo("Orin", "8.7")
+    key = cache_key("a" * 64, options, "10.3.0", gpu)
+    assert key == cache_key("a" * 64, BuildOptions("fp16", "fp16", SIZE, (4, 8)), "10.3.0", GpuInfo("Orin", "8.7"))
+    variants = [
+        cache_key("b" * 64, options, "10.3.0", gpu),
+        cache_key("a" * 64, replace(options, batch=(1, 1, 8)), "10.3.0", gpu),
+        cache_key("a" * 64, replace(options, dla_core=0), "10.3.0", gpu),
+        cache_key("a" * 64, options, "10.3.0.1", gpu),
+        cache_key("a" * 64, options, "10.3.0", GpuInfo("Thor", "8.7")),
+        cache_key("a" * 64, options, "10.3.0", GpuInfo("Orin", "8.9")),
+    ]
+    assert len({key, *variants}) == 1 + len(variants)
+
+
+def test_load_or_build_reuses_the_engine_only_for_the_same_gpu_and_version(fake, onnx_fp32, tmp_path):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, precision="fp16", onnx_precision="fp32")
+    manifest = read_manifest(artifact)
+    trt, dev = fake("10.3.0", FakeDevice("Orin"))
+    first = load_or_build(artifact, manifest, GpuInfo("Orin", "8.7"), trt=trt)
+    assert not first.cache_hit and first.reason == "no cached engine" and trt.builds == 1
+    second = load_or_build(artifact, manifest, GpuInfo("Orin", "8.7"), trt=trt)
+    assert second.cache_hit and trt.builds == 1 and second.engine is not None
+
+    trt_thor, _ = fake("10.3.0", FakeDevice("Thor"))  # another GPU: its engine cannot run here
+    rebuilt = load_or_build(artifact, manifest, GpuInfo("Thor", "11.0"), trt=trt_thor)
+    assert not rebuilt.cache_hit and "built on Orin, this GPU is Thor" in rebuilt.reason and trt_thor.builds == 1
+
+    trt_new, _ = fake("10.13.0", FakeDevice("Thor"))  # another TensorRT: same
+    rebuilt = load_or_build(artifact, manifest, GpuInfo("Thor", "11.0"), trt=trt_new)
+    assert "built with TensorRT 10.3.0, this is TensorRT 10.13.0" in rebuilt.reason and trt_new.builds == 1
+    assert load_or_build(artifact, manifest, GpuInfo("Thor", "11.0"), trt=trt_new).cache_hit
+
+    engine = artifact / "model.engine"
+    engine.write_bytes(engine.read_bytes()[:-10])  # damaged: the sidecar's sha256 no longer matches
+    damaged = load_or_build(artifact, manifest, GpuInfo("Thor", "11.0"), trt=trt_new)
+    assert not damaged.cache_hit and "sha256" in damaged.reason and trt_new.builds == 2
+    forced = load_or_build(artifact, manifest, GpuInfo("Thor", "11.0"), rebuild=True, trt=trt_new)
+    assert forced.reason == "rebuild requested" and trt_new.builds == 3
+    other = load_or_build(artifact, manifest, GpuInfo("Thor", "11.0"), workspace_gb=4, trt=trt_new)
+    assert other.reason == "built from another ONNX or with other build options"
+
+
+def test_engine_cache_goes_to_the_user_cache_when_the_artifact_is_read_only(fake, onnx_fp32, tmp_path, monkeypatch):
+    artifact = make_artifact(tmp_path / "ro", onnx_fp32)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != artifact)  # also when running as root
+    trt, _ = fake("10.3.0")
+    loaded = load_or_build(artifact, read_manifest(artifact), GpuInfo("NVIDIA Fake GPU", "8.7"), trt=trt)
+    assert loaded.path.parent.parent == tmp_path / "cache" / "dp-sims" / "tensorrt"
+    assert not (artifact / "model.engine").exists()
+
+
+# ---------------------------------------------------------------------------------------------- backend
+
+
+def test_backend_matches_onnxruntime_and_keeps_the_call_order(fake, onnx_fp32, tmp_path):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, batch=(1, 2, 4))
+    trt, dev = fake("10.3.0")
+    labels = random_label_map(np.random.default_rng(0), 6, SIZE)
+    with load_predictor(artifact, cuda_api=FakeCuda(dev)) as predictor:
+        dev.calls.clear()
+        images = predictor.generate_raw(labels, seed=7)  # 6 maps: chunks of 4 and 2
+        noise = predictor.sample_noise(range(7, 13))
+        info = predictor.info()["backend"]
+    reference = onnxruntime_reference(artifact / "model.onnx", labels, noise)
+    np.testing.assert_allclose(images, reference, atol=1e-6)
+    assert images.std() > 0.01  # a real image, not zeros
+    assert info["engine_cache"] == "built (no cached engine)" and info["gpu"] == "NVIDIA Fake GPU"
+
+    names = dev.names()
+    runs = [i for i, n in enumerate(names) if n == "context.execute_async_v3"]
+    assert len(runs) == 2
+    start = 0
+    for run in runs:
+        call = names[start:]
+        shapes = [start + i for i, n in enumerate(call) if n == "context.set_input_shape"][:2]
+        addresses = [start + i for i, n in enumerate(call) if n == "context.set_tensor_address"][:3]
+        dtoh = start + call.index("cuda.dtoh")
+        sync = start + call.index("cuda.synchronize")
+        assert max(shapes) < min(addresses) < run < dtoh < sync
+        start = sync + 1
+    assert [c[1] for c in calls(dev, "context.set_input_shape") if c[0] == "label"] == [(4, *SIZE), (2, *SIZE)]
+
+
+def test_backend_pads_to_the_profile_minimum(fake, onnx_fp32, tmp_path):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, batch=(2, 2, 4))
+    trt, dev = fake("8.6.1")
+    labels = random_label_map(np.random.default_rng(1), 1, SIZE)
+    with load_predictor(artifact, cuda_api=FakeCuda(dev)) as predictor:
+        image = predictor.generate_raw(labels[0], seed=3)
+        noise = predictor.sample_noise([3])
+    assert calls(dev, "context.set_input_shape")[0][1] == (2, *SIZE)
+    np.testing.assert_allclose(image, onnxruntime_reference(artifact / "model.onnx", labels, noise)[0], atol=1e-6)
+
+
+def test_backend_close_frees_everything(fake, onnx_fp32, tmp_path):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32)
+    trt, dev = fake("10.3.0")
+    cuda = FakeCuda(dev)
+    predictor = load_predictor(artifact, cuda_api=cuda)
+    assert dev.memory and dev.streams
+    predictor.close()
+    assert not dev.memory and not dev.streams
+    assert len(calls(dev, "cuda.free_host")) == len(calls(dev, "cuda.host_buffer")) == 3
+    with pytest.raises(PredictorClosed):
+        predictor.generate(np.zeros(SIZE, dtype=np.int32), seed=0)
+
+
+def test_backend_device_strings(fake, onnx_fp32, tmp_path):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, precision="fp16", onnx_precision="fp16")
+    trt, dev = fake("10.3.0", FakeDevice("Orin", dla_cores=1))
+    with load_predictor(artifact, device="dla:0", cuda_api=FakeCuda(dev)) as predictor:
+        assert predictor.info()["backend"]["dla_core"] == 0
+    with pytest.raises(InputError, match="dla:N"):
+        load_predictor(artifact, device="cpu", cuda_api=FakeCuda(dev))
+
+
+def test_missing_tensorrt_names_the_extra(monkeypatch, onnx_fp32, tmp_path):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'dp-sims\[tensorrt\]'.*python3-libnvinfer"):
+        load_predictor(artifact)
+
+
+def test_no_gpu_is_a_clear_error():
+    pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
+    from cuda.bindings import runtime as cudart
+
+    from runtimes.backends.tensorrt import open_cuda
+
+    err, count = cudart.cudaGetDeviceCount()
+    if err == cudart.cudaError_t.cudaSuccess and count:
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(BackendUnavailable, match="No CUDA GPU is visible.*onnx or openvino"):
+        open_cuda()
+
+
+def test_tensorrt_modules_import_without_torch_or_tensorrt():
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None\n"
+        "import runtimes.trt_engine, runtimes.backends.tensorrt, calibration.tensorrt\n"
+        "assert 'onnx' not in sys.modules and 'cuda' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def test_entropy_calibrator_feeds_whole_batches_and_caches(fake, onnx_fp32, tmp_path):
+    from calibration.tensorrt import make_entropy_calibrator
+
+    trt, dev = fake("10.3.0")
+    rng = np.random.default_rng(0)
+    labels = random_label_map(rng, 10, SIZE).astype(np.int32)
+    noise = rng.standard_normal((10, *onnx_fp32[1]), dtype=np.float32)
+    cache = tmp_path / "calibration.cache"
+    calibrator = make_entropy_calibrator(labels, noise, batch_size=4, cache_path=cache, cuda=FakeCuda(dev), trt=trt)
+    build(trt, onnx_fp32, tmp_path, precision="int8", onnx_precision="fp32", calibrator=calibrator)
+    calibrator.close()
+    assert calls(dev, "config.set_calibration_profile")[0][0]["label"] == ((4, *SIZE),) * 3
+    assert calibrator.batches_fed == 2  # 10 samples, batches of 4: the remainder is dropped
+    expected = hashlib.sha256()
+    for start in (0, 4):
+        expected.update(labels[start : start + 4].tobytes())
+        expected.update(noise[start : start + 4].tobytes())
+    assert trt.calibration_digest == expected.hexdigest()  # what TensorRT read from the GPU is the data
+    assert cache.read_bytes().startswith(b"TRT-fake-calibration")
+
+    again = make_entropy_calibrator(labels, noise, batch_size=4, cache_path=cache, cuda=FakeCuda(dev), trt=trt)
+    build(trt, onnx_fp32, tmp_path, precision="int8", onnx_precision="fp32", calibrator=again)
+    assert again.batches_fed == 0 and calls(dev, "calibration.cache_used")
+    other = make_entropy_calibrator(labels[::-1], noise, batch_size=4, cache_path=cache, cuda=FakeCuda(dev), trt=trt)
+    assert other.read_calibration_cache() is None  # other data: the cache does not apply
+
+
+def test_calibrator_needs_tensorrt_10_or_older(fake, onnx_fp32, tmp_path):
+    from calibration.tensorrt import make_entropy_calibrator
+
+    trt, dev = fake("11.0.0")
+    with pytest.raises(EngineBuildError, match="removed in TensorRT 11"):
+        make_entropy_calibrator(np.zeros((2, *SIZE)), np.zeros((2, 4, 8)), batch_size=1, cuda=FakeCuda(dev), trt=trt)
+    trt, _ = fake("10.3.0")
+    with pytest.raises(EngineBuildError, match="needs calibration data"):
+        build(trt, onnx_fp32, tmp_path, precision="int8", onnx_precision="fp32")
+
+
+# -------------------------------------------------------------------------------------------- export
+
+
+def test_tensorrt_needs_symmetric_int8_qdq(tmp_path):
+    from export.tensorrt import check_qdq_for_tensorrt
+
+    check_qdq_for_tensorrt(_tiny_onnx(tmp_path / "ok.onnx", "int8"))
+    with pytest.raises(EngineBuildError, match="symmetric signed int8"):
+        check_qdq_for_tensorrt(_tiny_onnx(tmp_path / "u8.onnx", "int8", zero_point=(TensorProto.UINT8, 128)))
+
+
+def _stub_onnx_target(seen: dict):
+    """Stands in for export.onnx in these tests: writes the FP32 ONNX of the request's generator."""
+    import types
+
+    from export.base import ExportResult
+
+    def export(req):
+        seen["options"] = dict(req.options)
+        example = (torch.zeros(2, *req.input_size, dtype=torch.int32), torch.zeros(2, *req.noise_shape))
+        torch.onnx.export(
+            req.generator, example, str(req.out_dir / "model.onnx"), input_names=["label", "noise"],
+            output_names=["image"], opset_version=req.options["opset"], dynamo=False,
+            dynamic_axes={"label": {0: "batch"}, "noise": {0: "batch"}, "image": {0: "batch"}},
+        )
+        return ExportResult(files=["model.onnx"], target_options={"opset": req.options["opset"]}, notes=["onnx ok"])
+
+    return types.SimpleNamespace(export=export)
+
+
+@pytest.mark.parametrize("with_tensorrt", [False, True])
+def test_export_request(fake, tmp_path, monkeypatch, with_tensorrt):
+    import export as export_package
+    import runtimes.backends.tensorrt as backend
+    from export.base import ExportRequest
+    from export.tensorrt import export
+
+    seen: dict = {}
+    stub = _stub_onnx_target(seen)
+    monkeypatch.setitem(sys.modules, "export.onnx", stub)
+    monkeypatch.setattr(export_package, "onnx", stub, raising=False)
+    if with_tensorrt:
+        trt, dev = fake("8.6.1")
+        monkeypatch.setattr(backend, "open_cuda", lambda index=0: FakeCuda(dev))
+    else:
+        monkeypatch.setitem(sys.modules, "tensorrt", None)
+    generator = tiny_generator(size=SIZE)
+    req = ExportRequest(
+        generator=generator, info=None, classes=tiny_classes(), precision="fp16", out_dir=tmp_path,
+        input_size=SIZE, noise_shape=tuple(generator.noise_shape), batch=(1, 2, 8), options={"dla": None},
+    )
+    result = export(req)
+    assert seen["options"] == {"dla": None, "opset": 17, "qdq_for": "tensorrt"}
+    assert result.files == ["model.onnx"] and result.notes[0] == "onnx ok"
+    assert result.target_options == {
+        "onnx": "model.onnx", "precision": "fp16", "onnx_precision": "fp32", "batch": [1, 2, 8], "opset": 17,
+        "dla_core": None, "workspace_gb": 2.0,
+    }
+    if with_tensorrt:
+        assert "Built model.engine for NVIDIA Fake GPU" in result.notes[1]
+        assert [c[0] for c in calls(dev, "config.set_flag")] == ["FP16"]
+    else:
+        assert "No TensorRT engine built here" in result.notes[1] and "built on the device" in result.notes[2]
+        assert not (tmp_path / "model.engine").exists()
+
+
+def test_export_from_onnx_without_tensorrt_and_without_torch(onnx_fp32, tmp_path):
+    """On a machine without TensorRT: the artifact is written and says the device builds the engine; no torch."""
+    source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx")
+    out = tmp_path / "trt"
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None\n"
+        "from export.tensorrt import export_from_onnx\n"
+        f"result = export_from_onnx({str(source / 'model.onnx')!r}, {str(out)!r}, batch=(1, 1, 8))\n"
+        "print('\\n'.join(result.notes))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "built on the device" in run.stdout and "--from model.onnx" in run.stdout
+    manifest = read_manifest(out)
+    assert manifest.target == "tensorrt" and manifest.precision == "fp32" and manifest.batch == {"min": 1, "opt": 1, "max": 8}
+    assert manifest.target_options["onnx_precision"] == "fp32" and [f.path for f in manifest.files] == ["model.onnx"]
+    assert not (out / "model.engine").exists()
+
+
+def test_export_from_onnx_builds_the_engine_the_runtime_then_reuses(fake, onnx_fp32, tmp_path, monkeypatch):
+    import runtimes.backends.tensorrt as backend
+    from export.tensorrt import export_from_onnx
+
+    source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx", batch=(1, 1, 1))
+    trt, dev = fake("10.3.0", FakeDevice("Orin", dla_cores=2))
+    monkeypatch.setattr(backend, "open_cuda", lambda index=0: FakeCuda(dev))
+    out = tmp_path / "trt"
+    result = export_from_onnx(source / "model.onnx", out, precision="fp16", dla=1)
+    assert "Built model.engine for Orin" in result.notes[0]
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "model.json", "model.engine", "model.engine.json", "model.timing.cache"}
+    (header,) = [c[0] for c in calls(dev, "builder.build_serialized_network")]
+    assert header["dla_core"] == 1 and header["flags"] == ["FP16", "GPU_FALLBACK"]  # fp32 ONNX, weakly typed on 10
+    with load_predictor(out, cuda_api=FakeCuda(dev)) as predictor:
+        assert predictor.info()["backend"]["engine_cache"] == "hit" and trt.builds == 1
+        assert predictor.generate(np.zeros(SIZE, dtype=np.int32), seed=0).shape == (*SIZE, 3)
+
+    trt11, _ = fake("11.0.0", dev)
+    with pytest.raises(EngineBuildError, match="strongly typed networks only"):
+        export_from_onnx(source / "model.onnx", tmp_path / "trt11", precision="fp16")
+
+
+def test_export_from_onnx_needs_the_artifact_manifest(tmp_path, onnx_fp32):
+    from export.tensorrt import export_from_onnx
+    from runtimes.errors import ManifestError
+
+    shutil.copy(onnx_fp32[0], tmp_path / "model.onnx")
+    with pytest.raises(ManifestError, match="no model.json beside it"):
+        export_from_onnx(tmp_path / "model.onnx", tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------- Jetson example
+
+
+def _jetson_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_jetson", ROOT / "examples" / "jetson" / "run_jetson.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _label_pngs(folder: Path, manifest: Manifest) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    labels = random_label_map(np.random.default_rng(2), 2, SIZE).astype(np.uint8)
+    Image.fromarray(labels[0], mode="L").save(folder / "ids.png")  # class ids as grey levels
+    palette = np.asarray(manifest.palette, dtype=np.uint8)
+    Image.fromarray(palette[labels[1]], mode="RGB").save(folder / "colours.png")  # class colours
+    return folder
+
+
+def test_jetson_script_stops_with_2_where_tensorrt_is_missing(onnx_fp32, tmp_path, monkeypatch, capsys):
+    artifact = make_artifact(tmp_path / "a", onnx_fp32)
+    labels = _label_pngs(tmp_path / "maps", read_manifest(artifact))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code = _jetson_script().main(["--model", str(artifact), "--labels", str(labels), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "dp-sims[tensorrt]" in err and "2 label map(s) were read" in err
+
+
+def test_jetson_script_runs_with_tensorrt(fake, onnx_fp32, tmp_path, monkeypatch, capsys):
+    import runtimes.backends.tensorrt as backend
+
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, batch=(1, 1, 2))
+    labels = _label_pngs(tmp_path / "maps", read_manifest(artifact))
+    trt, dev = fake("10.3.0")
+    monkeypatch.setattr(backend, "open_cuda", lambda index=0: FakeCuda(dev))
+    argv = ["--model", str(artifact), "--labels", str(labels), "--out", str(tmp_path / "out"), "--runs", "3", "--warmup", "1"]
+    assert _jetson_script().main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.rindex("\n{") + 1 :])  # the last JSON object: the report
+    assert report["latency_ms"]["samples"] == 6 and report["latency_ms"]["median"] <= report["latency_ms"]["p90"]
+    assert report["engine_cache"] == "built (no cached engine)" and report["batch"] == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["colours.png", "ids.png"]
+
+
+# --------------------------------------------------------------------------------------- real TensorRT
+
+
+@pytest.mark.tensorrt
+def test_real_tensorrt_round_trip(onnx_fp32, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="TensorRT's Python package is not installed (pip install 'dp-sims[tensorrt]')")
+    from runtimes.backends.tensorrt import open_cuda
+
+    try:
+        cuda = open_cuda()
+    except BackendUnavailable as e:
+        pytest.skip(f"TensorRT {trt.__version__} is installed but there is no usable GPU: {e}")
+    cuda.close()
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, batch=(1, 2, 4))
+    labels = random_label_map(np.random.default_rng(0), 3, SIZE)
+    with load_predictor(artifact) as predictor:
+        images = predictor.generate_raw(labels, seed=0)
+        noise = predictor.sample_noise([0, 1, 2])
+        assert predictor.info()["backend"]["engine_cache"].startswith("built")
+    np.testing.assert_allclose(images, onnxruntime_reference(artifact / "model.onnx", labels, noise), atol=2e-3)
+    with load_predictor(artifact) as predictor:
+        assert predictor.info()["backend"]["engine_cache"] == "hit"

@@ -1,0 +1,115 @@
+"""Short CPU training runs: losses move, checkpoints reload bit-exactly, resume continues the same run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.checkpoint import last_checkpoint, load_generator
+from train.config import load_config
+from train.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = [
+    "data.image_size=[32, 32]", "data.val_length=8",
+    "model.generator.base_channels=8", "model.generator.channel_mults=[2, 2, 1]", "model.generator.label_channels=16",
+    "model.generator.attn_levels=1", "model.generator.attn_heads=2", "model.generator.noise_tokens=4",
+    "model.generator.noise_dim=8", "model.generator.spade_hidden=16",
+    "model.discriminator.backbone=test_convnext", "model.discriminator.decoder_channels=16",
+    "model.discriminator.stem_channels=8",
+    "train.batch_size=4", "train.log_every=5", "train.eval_every=10", "train.ckpt_every=10", "train.sample_every=10",
+    "train.max_minutes=0", "eval.label_consistency_samples=8", "eval.sample_maps=2",
+]
+
+
+def tiny_cfg(steps: int, *extra: str):
+    return load_config("synthetic-tiny", [*TINY, f"train.steps={steps}", *extra])
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_twenty_steps_losses_move_and_checkpoint_reloads_exactly(tmp_path):
+    torch.manual_seed(0)
+    result = train(tiny_cfg(20), tmp_path / "run")
+    assert result.step == 20
+    recs = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in recs] == [5, 10, 15, 20]
+    for key in ("loss_d", "loss_g"):
+        values = [r[key] for r in recs]
+        assert all(map(torch.isfinite, torch.tensor(values)))
+        assert max(values) - min(values) > 1e-3, f"{key} did not move: {values}"
+    assert "label_consistency" in recs[1] and 0.0 <= recs[1]["label_consistency"] <= 1.0
+    assert (tmp_path / "run" / "samples" / "step_0000020.png").exists()
+    assert last_checkpoint(tmp_path / "run").name == "step_0000020"
+    loaded, info = load_generator(tmp_path / "run")
+    assert info.step == 20 and info.num_classes == 8 and len(info.palette) == 8
+    ref = result.generator_ema.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_resume_continues_the_same_run_bit_exactly(tmp_path):
+    straight = train(tiny_cfg(20), tmp_path / "straight")
+    train(tiny_cfg(10), tmp_path / "split")
+    resumed = train(tiny_cfg(20), tmp_path / "split", resume=True)
+    assert resumed.step == 20
+    a, b = straight.generator_ema.state_dict(), resumed.generator_ema.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert [r["loss_d"] for r in read_metrics(tmp_path / "straight")][2:] == [r["loss_d"] for r in read_metrics(tmp_path / "split")][2:]
+
+
+def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "train", "--config", "synthetic-tiny", "--out", str(run)]
+    for ov in (*TINY, "train.steps=400", "train.ckpt_every=1000"):
+        args += ["--set", ov]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.5)  # the first record (step 5) is written: interrupt mid-run
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    ck = last_checkpoint(run)
+    assert ck is not None, "no checkpoint written on interrupt"
+    stopped_at = int(ck.name.split("_")[1])
+    assert 5 <= stopped_at < 400
+    r = subprocess.run([*args[:3], "--resume", str(run), "--set", f"train.steps={stopped_at + 5}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert last_checkpoint(run).name == f"step_{stopped_at + 5:07d}"
+    assert (run / "checkpoints" / ck.name).exists() or len(list((run / "checkpoints").glob("step_*"))) >= 2
+
+
+def test_nan_loss_stops_with_terms_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from train import losses
+    from train.errors import TrainingDiverged
+
+    train(tiny_cfg(10), tmp_path / "run")
+    before = (last_checkpoint(tmp_path / "run") / "generator_ema.safetensors").read_bytes()
+    monkeypatch.setattr(losses, "labelmix_loss", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(TrainingDiverged, match=r"step 11.*loss_labelmix=nan"):
+        train(tiny_cfg(20), tmp_path / "run", resume=True)
+    assert last_checkpoint(tmp_path / "run").name == "step_0000010"
+    assert (last_checkpoint(tmp_path / "run") / "generator_ema.safetensors").read_bytes() == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    from train.errors import CheckpointError
+
+    bad = tmp_path / "generator_ema.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_generator(bad)
