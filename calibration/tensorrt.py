@@ -34,7 +34,8 @@ def make_entropy_calibrator(
     cuda: Any = None,
     trt: ModuleType | None = None,
 ) -> Any:
-    """An IInt8EntropyCalibrator2 that feeds ``labels`` int32 [N, H, W] and ``noise`` float32 [N, ...] in batches.
+    """An IInt8EntropyCalibrator2 that feeds ``labels`` int32 [N, H, W] and ``noise`` float32 [N, ...] in batches
+    (a :class:`calibration.CalibrationSet`'s arrays: ``make_entropy_calibrator(calib.labels, calib.noise)``).
 
     ``cache_path``: TensorRT's calibration cache, read back when it was made from the same arrays (a sidecar
     ``<cache_path>.json`` holds their sha256) so that a rebuild skips calibration. ``cuda``: a

@@ -258,19 +258,10 @@ def build_engine(
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, major, plan))
     _parse_onnx(trt, network, logger, onnx_path)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    shapes = _input_shapes(network, options)
-    config.add_optimization_profile(_profile(builder, shapes, options.batch))
-    if calibrator is not None and plan.needs_calibrator:
-        n = int(calibrator.get_batch_size())
-        config.int8_calibrator = calibrator
-        config.set_calibration_profile(_profile(builder, shapes, (n, n, n)))
-    if dla_core is not None:
-        _use_dla(trt, builder, config, dla_core, options.batch)
-    cache = _load_timing_cache(config, Path(timing_cache) if timing_cache else None)
+    config = _builder_config(trt, builder, network, options, plan, calibrator)
+    cache_file = Path(timing_cache) if timing_cache else None
+    if cache_file is not None:
+        _use_timing_cache(config, cache_file)
 
     log.info("Building a TensorRT %s %s engine from %s (minutes on a Jetson)", trt.__version__, precision, onnx_path)
     start = time.perf_counter()
@@ -281,8 +272,8 @@ def build_engine(
             f"TensorRT {trt.__version__} failed to build the {precision} engine from {onnx_path}; its log above says "
             "why. Common causes: too little workspace (raise workspace_gb), a layer DLA cannot run, an out-of-memory GPU."
         )
-    if timing_cache:
-        atomic_write_bytes(Path(timing_cache), memoryview(cache.serialize() if cache is not None else b""))
+    if cache_file is not None:  # the cache set on the config now also holds this build's timings
+        atomic_write_bytes(cache_file, memoryview(config.get_timing_cache().serialize()))
     atomic_write_bytes(engine_path, memoryview(serialized))
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -324,6 +315,25 @@ def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: Path) -> 
             f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors or '  (no error recorded)'}\n"
             "Export the ONNX again with --opset 17 (TensorRT 8.6 reads opsets up to 17), or update TensorRT."
         )
+
+
+def _builder_config(
+    trt: ModuleType, builder: Any, network: Any, options: BuildOptions, plan: NetworkPlan, calibrator: Any
+) -> Any:
+    """Workspace, precision flags, the batch profile, INT8 calibration and DLA."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    shapes = _input_shapes(network, options)
+    config.add_optimization_profile(_profile(builder, shapes, options.batch))
+    if plan.needs_calibrator:
+        n = int(calibrator.get_batch_size())
+        config.int8_calibrator = calibrator
+        config.set_calibration_profile(_profile(builder, shapes, (n, n, n)))  # calibration runs at one fixed batch
+    if options.dla_core is not None:
+        _use_dla(trt, builder, config, options.dla_core, options.batch)
+    return config
 
 
 def _input_shapes(network: Any, options: BuildOptions) -> dict[str, tuple[int, ...]]:
@@ -369,17 +379,13 @@ def _use_dla(trt: ModuleType, builder: Any, config: Any, core: int, batch: tuple
     config.DLA_core = core
 
 
-def _load_timing_cache(config: Any, path: Path | None) -> Any:
-    if path is None:
-        return None
+def _use_timing_cache(config: Any, path: Path) -> None:
+    """Start from the timings in ``path`` when it was made on this GPU and TensorRT; else from an empty cache."""
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if config.set_timing_cache(cache, ignore_mismatch=False):
-        return cache
+    if config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False):
+        return
     log.warning("The timing cache %s was made on another GPU or TensorRT version; starting a fresh one.", path)
-    cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -462,7 +468,7 @@ def default_cache_dir(artifact_dir: Path, onnx_sha256: str) -> Path:
 def load_or_build(
     artifact_dir: str | Path,
     manifest: Manifest,
-    gpu: GpuInfo,
+    gpu: GpuInfo | None = None,
     *,
     cache_dir: str | Path | None = None,
     workspace_gb: float | None = None,
@@ -471,8 +477,16 @@ def load_or_build(
     trt: ModuleType | None = None,
 ) -> LoadedEngine:
     """Deserialize the cached engine when its sidecar matches this GPU, TensorRT version, ONNX and options;
-    otherwise build it from the artifact's ONNX and cache it (atomically) beside it or in ``cache_dir``."""
+    otherwise build it from the artifact's ONNX and cache it (atomically) beside it or in ``cache_dir``.
+
+    ``gpu``: the GPU the engine is for (default: GPU 0, asked through cuda-python or pycuda)."""
     trt = trt or import_tensorrt()
+    if gpu is None:
+        from runtimes.backends.tensorrt import open_cuda
+
+        cuda = open_cuda()
+        gpu = cuda.device_info()
+        cuda.close()
     artifact_dir = Path(artifact_dir)
     onnx_entry = manifest.file(manifest.target_options.get("onnx", "model.onnx"))
     options = build_options(manifest, workspace_gb, dla_core)

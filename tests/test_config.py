@@ -61,3 +61,16 @@ def test_cli_bad_key_exit_code_2_and_writes_nothing(tmp_path):
     assert r.returncode == 2
     assert "Unknown key" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_cli_bad_dataset_folder_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / "ade").mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "train", "--config", "ade20k-256", "--out", str(out), "--set", f"data.root={tmp_path / 'ade'}",
+         "--set", "model.discriminator.pretrained=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "ADEChallengeData2016" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

@@ -470,34 +470,29 @@ def test_tensorrt_needs_symmetric_int8_qdq(tmp_path):
         check_qdq_for_tensorrt(_tiny_onnx(tmp_path / "u8.onnx", "int8", zero_point=(TensorProto.UINT8, 128)))
 
 
-def _stub_onnx_target(seen: dict):
-    """Stands in for export.onnx in these tests: writes the FP32 ONNX of the request's generator."""
+def _stub_onnx_target(seen: dict, onnx_fp32):
+    """Stands in for export.onnx in these tests: records the options, writes the FP32 ONNX."""
     import types
 
     from export.base import ExportResult
 
     def export(req):
         seen["options"] = dict(req.options)
-        example = (torch.zeros(2, *req.input_size, dtype=torch.int32), torch.zeros(2, *req.noise_shape))
-        torch.onnx.export(
-            req.generator, example, str(req.out_dir / "model.onnx"), input_names=["label", "noise"],
-            output_names=["image"], opset_version=req.options["opset"], dynamo=False,
-            dynamic_axes={"label": {0: "batch"}, "noise": {0: "batch"}, "image": {0: "batch"}},
-        )
+        shutil.copy(onnx_fp32[0], req.out_dir / "model.onnx")
         return ExportResult(files=["model.onnx"], target_options={"opset": req.options["opset"]}, notes=["onnx ok"])
 
     return types.SimpleNamespace(export=export)
 
 
 @pytest.mark.parametrize("with_tensorrt", [False, True])
-def test_export_request(fake, tmp_path, monkeypatch, with_tensorrt):
+def test_export_request(fake, onnx_fp32, tmp_path, monkeypatch, with_tensorrt):
     import export as export_package
     import runtimes.backends.tensorrt as backend
     from export.base import ExportRequest
     from export.tensorrt import export
 
     seen: dict = {}
-    stub = _stub_onnx_target(seen)
+    stub = _stub_onnx_target(seen, onnx_fp32)
     monkeypatch.setitem(sys.modules, "export.onnx", stub)
     monkeypatch.setattr(export_package, "onnx", stub, raising=False)
     if with_tensorrt:
@@ -505,10 +500,9 @@ def test_export_request(fake, tmp_path, monkeypatch, with_tensorrt):
         monkeypatch.setattr(backend, "open_cuda", lambda index=0: FakeCuda(dev))
     else:
         monkeypatch.setitem(sys.modules, "tensorrt", None)
-    generator = tiny_generator(size=SIZE)
     req = ExportRequest(
-        generator=generator, info=None, classes=tiny_classes(), precision="fp16", out_dir=tmp_path,
-        input_size=SIZE, noise_shape=tuple(generator.noise_shape), batch=(1, 2, 8), options={"dla": None},
+        generator=None, info=None, classes=tiny_classes(), precision="fp16", out_dir=tmp_path,
+        input_size=SIZE, noise_shape=onnx_fp32[1], batch=(1, 2, 8), options={"dla": None},
     )
     result = export(req)
     assert seen["options"] == {"dla": None, "opset": 17, "qdq_for": "tensorrt"}

@@ -304,7 +304,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             _clip(scaler, opt_g, G, tc.grad_clip)
             scaler.step(opt_g)
             scaler.update()
-            update_ema(G_ema, _unwrap(G), tc.ema_decay if state.step >= tc.ema_start else 0.0)
+            update_ema(G_ema, _unwrap(G), ema_decay(tc.ema_decay, state.step, tc.ema_start))
             state.step += 1
             bar.update(1)
 
@@ -344,6 +344,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
         if dinfo.world > 1:
             dist.destroy_process_group()
     return TrainResult(run_dir, state.step, G_ema)
+
+
+def ema_decay(decay: float, step: int, start: int) -> float:
+    """Copy before ``start``, then warm up: min(decay, (1 + t) / (10 + t)), so that an early EMA is not stuck at init."""
+    if step < start:
+        return 0.0
+    t = step - start
+    return min(decay, (1 + t) / (10 + t))
 
 
 def _check_finite(step: int, terms: dict[str, torch.Tensor]) -> None:

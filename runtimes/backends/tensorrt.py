@@ -297,7 +297,7 @@ class TensorRTBackend(Backend):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if set(self._inputs) != {INPUT_LABEL, INPUT_NOISE} or OUTPUT_IMAGE not in self._outputs:
+        if set(self._inputs) != {INPUT_LABEL, INPUT_NOISE} or self._outputs != [OUTPUT_IMAGE]:
             raise ManifestError(
                 f"The engine {self._loaded.path} has inputs {self._inputs} and outputs {self._outputs}; the graph "
                 f"contract wants {INPUT_LABEL!r}, {INPUT_NOISE!r} -> {OUTPUT_IMAGE!r}. Rebuild it (rebuild=True)."
@@ -305,8 +305,7 @@ class TensorRTBackend(Backend):
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         h, w = self.manifest.input_size
         per_sample = {INPUT_LABEL: (h, w), INPUT_NOISE: tuple(self.manifest.noise_shape), OUTPUT_IMAGE: (3, h, w)}
-        for name in names:  # every tensor: the three of the contract, or another output the graph exposes
-            shape = per_sample.get(name) or tuple(engine.get_tensor_shape(name))[1:]
+        for name, shape in per_sample.items():  # once, for the largest batch
             nbytes = self.max_batch * int(np.prod(shape)) * self._dtypes[name].itemsize
             self._buffers[name] = (self._cuda.malloc(nbytes), self._cuda.host_buffer(nbytes))
         self._stream = self._cuda.stream_create()
@@ -333,15 +332,12 @@ class TensorRTBackend(Backend):
                 cuda.copy_htod_async(ptr, staged, stream)
             if not ctx.execute_async_v3(cuda.stream_handle(stream)):
                 raise RuntimeError("TensorRT's execute_async_v3 failed; its log above says why.")
-            results = {}
-            for name in self._outputs:
-                shape = tuple(ctx.get_tensor_shape(name))
-                ptr, host = self._buffers[name]
-                nbytes = int(np.prod(shape)) * self._dtypes[name].itemsize
-                results[name] = host[:nbytes].view(self._dtypes[name]).reshape(shape)
-                cuda.copy_dtoh_async(results[name], ptr, stream)
-            cuda.synchronize(stream)  # only now do the host buffers hold the outputs
-        image = results[OUTPUT_IMAGE]
+            shape = tuple(ctx.get_tensor_shape(OUTPUT_IMAGE))
+            ptr, host = self._buffers[OUTPUT_IMAGE]
+            dtype = self._dtypes[OUTPUT_IMAGE]
+            image = host[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            cuda.copy_dtoh_async(image, ptr, stream)
+            cuda.synchronize(stream)  # only now does the host buffer hold the image
         return {OUTPUT_IMAGE: image.astype(np.float32, copy=True)}  # a copy: the buffer is reused by the next call
 
     def close(self) -> None:

@@ -126,13 +126,16 @@ class Discriminator(nn.Module):
         # decoder stages from the deepest backbone stride up to stride 1; extra stem skips at strides 2 and 1
         self.up_strides = sorted(set(strides[:-1]) | {2, 1}, reverse=True)
         self.up_strides = [s for s in self.up_strides if s < strides[-1]]
-        stages = []
+        # full width down to stride 4, then half per halving of the stride (U-Net practice: fine stages are costly)
+        width = {s: max(sch, dch * min(s, 4) // 4) for s in self.up_strides}
+        stages, cin = [], dch
         for s in self.up_strides:
             skip = dch * strides.count(s) + (sch if s in (1, 2) else 0)
-            stages.append(_conv_block(dch + skip, dch))
+            stages.append(_conv_block(cin + skip, width[s]))
+            cin = width[s]
         self.decoder = nn.ModuleList(stages)
         self.bottom = _conv_block(dch, dch)
-        self.head = nn.Conv2d(dch, num_classes + 1, 1)
+        self.head = nn.Conv2d(cin, num_classes + 1, 1)
         self.feature_stride = 4 if 4 in self.up_strides else self.up_strides[0]
 
     def train(self, mode: bool = True) -> Discriminator:
