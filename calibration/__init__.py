@@ -1,0 +1,7 @@
+"""Calibration data and the quality report shared by every export target (see sets, compare, adapters)."""
+
+from calibration.compare import compare, compare_images, psnr, run_all, torch_runner
+from calibration.sets import SYNTHETIC, CalibrationSet, draw_noise, load_calibration_set
+
+__all__ = ["SYNTHETIC", "CalibrationSet", "compare", "compare_images", "draw_noise", "load_calibration_set", "psnr",
+           "run_all", "torch_runner"]

@@ -256,26 +256,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             real, label = real.to(device, non_blocking=True), label.to(device, non_blocking=True)
             n = real.shape[0]
 
-            # ---- discriminator: real pixels -> their class, generated pixels -> "fake", LabelMix consistency
-            with torch.no_grad(), autocast():
-                fake = G(label, sample_noise(n))
-            with autocast():
-                out_real, out_fake = D(real), D(fake.detach())
-                loss_d_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
-                loss_lm = real.new_zeros(())
-                if lc.labelmix > 0:
-                    mask = losses.labelmix_mask(label, mix_gen)
-                    mixed = mask * real + (1 - mask) * fake.detach()
-                    loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
-                loss_d = loss_d_adv + lc.labelmix * loss_lm
-            terms_d = {"loss_d": loss_d, "loss_d_adv": loss_d_adv, "loss_labelmix": loss_lm}
-            _check_finite(state.step, terms_d)
-            opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
-            _clip(scaler, opt_d, D, tc.grad_clip)
-            scaler.step(opt_d)
-
-            # ---- generator: adversarial, patch contrast to the real image, and diversity on a second noise draw
+            # ---- generator first (D frozen): adversarial, patch contrast to the real image, diversity on a second
+            # noise draw; its fakes are then reused, detached, by the discriminator step (one G forward per step)
             k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
             z1, z2 = sample_noise(n), sample_noise(k)
             d_params = [p for p in _unwrap(D).parameters() if p.requires_grad] if dinfo.world == 1 else []
@@ -287,8 +269,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
                 loss_g_adv = losses.focal_n1_loss(out_g.logits, torch.cat([label, label[:k]]), True, lc.focal_gamma, lc.class_balance, ignore_id)
                 loss_nce = real.new_zeros(())
                 if lc.contrastive > 0:
+                    with torch.no_grad():
+                        real_features = D(real).features
                     loss_nce = losses.patch_contrastive_loss(
-                        out_g.features[:n], out_real.features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
+                        out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
                     )
                 loss_div = real.new_zeros(())
                 if k:
@@ -303,6 +287,24 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
                 p.requires_grad_(True)
             _clip(scaler, opt_g, G, tc.grad_clip)
             scaler.step(opt_g)
+
+            # ---- discriminator: real pixels -> their class, generated pixels -> "fake", LabelMix consistency
+            fake = fakes[:n].detach()
+            with autocast():
+                out_real, out_fake = D(real), D(fake)
+                loss_d_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
+                loss_lm = real.new_zeros(())
+                if lc.labelmix > 0:
+                    mask = losses.labelmix_mask(label, mix_gen)
+                    mixed = mask * real + (1 - mask) * fake
+                    loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
+                loss_d = loss_d_adv + lc.labelmix * loss_lm
+            terms_d = {"loss_d": loss_d, "loss_d_adv": loss_d_adv, "loss_labelmix": loss_lm}
+            _check_finite(state.step, terms_d)
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            _clip(scaler, opt_d, D, tc.grad_clip)
+            scaler.step(opt_d)
             scaler.update()
             update_ema(G_ema, _unwrap(G), ema_decay(tc.ema_decay, state.step, tc.ema_start))
             state.step += 1

@@ -1,0 +1,124 @@
+"""``python -m export``: a trained generator -> a deployable artifact directory.
+
+    python -m export --checkpoint runs/synthetic-tiny --target openvino --precision int8 --calib synthetic
+    python -m export --checkpoint runs/ade --target tensorrt --precision int8 --calib configs/ade20k-256.yaml
+    python -m export --target tensorrt --from artifacts/x/model.onnx --out engine_dir     # on the device, no torch
+
+User errors (a bad checkpoint, option or calibration source, a missing package, a failed quality gate) print one
+paragraph on stderr and exit with code 2; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts) if len(parts) == 2 else (int(parts[0]),) * 2
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size is HxW (e.g. 256x512) or one number, got {text!r}") from None
+    return h, w
+
+
+def _batch(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch is min,opt,max (e.g. 1,1,16) or one number, got {text!r}") from None
+    if len(values) == 1:
+        return (1, values[0], values[0])
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"--batch is min,opt,max or one number, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description="Export a DP-SIMS generator for deployment.")
+    p.add_argument("--checkpoint", help="run folder (its last checkpoint), checkpoint folder or generator .safetensors")
+    p.add_argument("--target", required=True, choices=["onnx", "openvino", "tensorrt", "coreml", "torch"])
+    p.add_argument("--precision", default=None,
+                   help="fp32, fp16, int8 (coreml: int8 = int8 weights, w8a8 = int8 weights+activations; torch: bf16). "
+                        "Default: fp32, or for --from the ONNX's own precision")
+    p.add_argument("--calib", default=None,
+                   help="calibration label maps: 'synthetic', a folder of label PNGs, or a dataset preset/config "
+                        "(default: synthetic for synthetic-trained models)")
+    p.add_argument("--calib-samples", type=int, default=256, help="label maps in the calibration set (default 256)")
+    p.add_argument("--calib-seed", type=int, default=None, help="seed of the synthetic maps and the noise")
+    p.add_argument("--size", type=_size, default=None, help="HxW of the artifact (default: the training size)")
+    p.add_argument("--batch", type=_batch, default=(1, 1, 16), help="min,opt,max batch (default 1,1,16)")
+    p.add_argument("--min-psnr", type=float, default=30.0, help="INT8 quality bar against FP32 in dB (default 30)")
+    p.add_argument("--out", default=None, help="artifact directory (default artifacts/RUN-TARGET-PRECISION)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--from", dest="from_onnx", default=None,
+                   help="tensorrt only: build from the model.onnx of an existing artifact (on the device; no torch)")
+    p.add_argument("--dla", type=int, default=None, help="tensorrt: DLA core (Jetson AGX Orin / Orin NX)")
+    p.add_argument("--image-output", action="store_true", help="coreml: an RGB image output for apps (batch 1)")
+    p.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="target option, e.g. -o qdq_for=cpu, -o deployment_target=iOS18, -o workspace_gb=4")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from runtimes.errors import RuntimeErrorBase
+    from train.errors import DpSimsError
+
+    try:
+        if args.from_onnx:
+            return _from_onnx(args)
+        if not args.checkpoint:
+            raise SystemExit("python -m export: error: --checkpoint is required (or --from model.onnx with --target tensorrt)")
+        from export.api import export_generator
+
+        options = dict(args.option)
+        if args.dla is not None:
+            options["dla"] = args.dla
+        if args.image_output:
+            options["image_output"] = True
+        report = export_generator(
+            args.checkpoint, args.target, args.precision or "fp32", calib=args.calib, calib_samples=args.calib_samples,
+            calib_seed=args.calib_seed, size=args.size, batch=args.batch, min_psnr=args.min_psnr, out=args.out,
+            overwrite=args.overwrite, options=options, log=lambda m: print(m, file=sys.stderr),
+        )
+    except (DpSimsError, RuntimeErrorBase) as e:
+        print(f"python -m export: {e}", file=sys.stderr)
+        return 2
+    print(report.table())
+    for note in report.notes:
+        print(f"  {note}")
+    print(f"artifact: {report.out_dir}  (manifest: {report.out_dir / 'model.json'})")
+    return 0
+
+
+def _from_onnx(args: argparse.Namespace) -> int:
+    if args.target != "tensorrt":
+        raise SystemExit("python -m export: error: --from builds TensorRT engines; use it with --target tensorrt")
+    if not args.out:
+        raise SystemExit("python -m export: error: --from needs --out DIR")
+    from export.tensorrt import export_from_onnx
+
+    result = export_from_onnx(args.from_onnx, args.out, args.precision,
+                              args.batch if args.batch != (1, 1, 16) else None, args.dla)
+    for note in result.notes:
+        print(note)
+    print(f"artifact: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""``export_generator``: a trained generator -> one artifact directory (model files + ``model.json``).
+
+The function behind ``python -m export``. It loads the EMA generator of a run or checkpoint, builds the
+calibration set, calls the target module (``export/<target>.py``: ``export(ExportRequest) -> ExportResult``) in a
+temporary folder beside ``out``, writes the manifest through :mod:`runtimes.spec`, and renames the folder into
+place only when everything succeeded: a failed export writes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from export.base import ExportRequest, ExportResult
+from runtimes._optional import require
+from runtimes.spec import ClassInfo, Manifest, file_entry, write_manifest
+from train.errors import ConfigError, DpSimsError
+
+TARGET_MODULES = {
+    "onnx": "export.onnx",
+    "openvino": "export.openvino",
+    "tensorrt": "export.tensorrt",
+    "coreml": "export.coreml",
+    "torch": "export.torch_program",
+}
+TARGET_PRECISIONS = {
+    "onnx": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "fp16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+    "coreml": ("fp32", "fp16", "int8w", "w8a8"),
+    "torch": ("fp32", "fp16", "bf16"),
+}
+#: for coreml, "int8" means int8 weights (activation quantization is "w8a8")
+PRECISION_ALIASES = {("coreml", "int8"): "int8w"}
+#: python modules each target needs here, with the pip extra that installs them
+TARGET_NEEDS = {
+    "onnx": [("onnx", "onnx"), ("onnxruntime", "onnx")],
+    "openvino": [("onnx", "onnx"), ("openvino", "openvino")],
+    "tensorrt": [("onnx", "onnx"), ("onnxruntime", "onnx")],
+    "coreml": [("coremltools", "coreml")],
+    "torch": [],
+}
+VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "dp-sims")
+
+
+@dataclass
+class ExportReport:
+    """What ``export_generator`` made: the artifact directory, its manifest, and the numbers for the table."""
+
+    out_dir: Path
+    manifest: Manifest
+    seconds: float
+    bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        q = self.manifest.quality or {}
+        psnr = q.get("psnr_db")
+        lc = q.get("label_consistency_delta")
+        rows = [
+            ("target", "precision", "size", "PSNR vs FP32", "label consistency vs FP32", "time"),
+            (self.manifest.target, self.manifest.precision, _size(self.bytes),
+             "-" if "psnr_db" not in q else ("identical" if psnr is None else f"{psnr:.2f} dB"),
+             "-" if lc is None else f"{lc:+.4f}", f"{self.seconds:.1f} s"),
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def normalize_precision(target: str, precision: str) -> str:
+    if target not in TARGET_MODULES:
+        raise ConfigError(f"Unknown target {target!r}; choose one of {', '.join(TARGET_MODULES)}.")
+    precision = PRECISION_ALIASES.get((target, precision), precision)
+    if precision not in TARGET_PRECISIONS[target]:
+        raise ConfigError(f"The {target} target exports {', '.join(TARGET_PRECISIONS[target])}; got {precision!r}.")
+    return precision
+
+
+def check_requirements(target: str, precision: str) -> None:
+    """Fail before any work when a library of the target is missing (the error names the pip extra)."""
+    for module, extra in TARGET_NEEDS[target]:
+        require(module, extra)
+    if target == "openvino" and precision == "int8":
+        require("nncf", "openvino")
+    if target in ("onnx", "tensorrt") and precision == "fp16":
+        require("onnxruntime.transformers.float16", "onnx", "onnxruntime")
+
+
+def export_generator(
+    checkpoint: str | Path,
+    target: str,
+    precision: str = "fp32",
+    *,
+    calib: str | Path | None = None,
+    calib_samples: int = 256,
+    calib_seed: int | None = None,
+    size: tuple[int, int] | None = None,
+    batch: tuple[int, int, int] = (1, 1, 16),
+    min_psnr: float = 30.0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    options: dict[str, Any] | None = None,
+    log=print,
+) -> ExportReport:
+    """Export the EMA generator of ``checkpoint`` (a run folder, checkpoint folder or generator file).
+
+    ``calib``: 'synthetic', a folder of label maps, or a dataset preset/config; default: 'synthetic' for models
+    trained on the synthetic scenes, random block maps otherwise (enough for PSNR, not for INT8 calibration,
+    which then needs ``calib``). Returns an :class:`ExportReport`; raises a :class:`DpSimsError` subclass (or
+    :class:`runtimes.errors.BackendUnavailable` for a missing library) and leaves nothing behind on failure."""
+    started = time.perf_counter()
+    precision = normalize_precision(target, precision)
+    check_requirements(target, precision)
+    module = importlib.import_module(TARGET_MODULES[target])
+    batch = _check_batch(batch)
+
+    from calibration import load_calibration_set
+    from calibration.sets import BLOCKS, DEFAULT_SEED, SYNTHETIC
+    from train.checkpoint import load_generator, resolve_generator_file
+
+    source_file = resolve_generator_file(checkpoint)
+    log(f"[export] loading the EMA generator from {source_file}")
+    generator, info = load_generator(source_file)
+    input_size = _check_size(size or tuple(info.image_size), generator.stride)
+    noise_shape = tuple(int(v) for v in generator.noise_shape)
+
+    if calib is None:
+        if precision == "int8" and info.dataset != "synthetic":
+            raise ConfigError(
+                f"INT8 calibration needs label maps like the ones the generator will see: give --calib (the "
+                f"dataset preset it was trained on, e.g. the config of {info.dataset or 'its run'}, or a folder of label PNGs)."
+            )
+        calib = SYNTHETIC if info.dataset == "synthetic" else BLOCKS
+    samples = calib_samples if precision in ("int8", "w8a8") else min(calib_samples, 16)
+    calib_set = load_calibration_set(calib, info.num_classes, input_size, noise_shape, samples,
+                                     DEFAULT_SEED if calib_seed is None else calib_seed, info.palette, info.ignore_id)
+    log(f"[export] calibration set: {len(calib_set)} label maps from {calib_set.source} "
+        f"({len(calib_set.split()[1])} held out for the quality check)")
+
+    out_dir = Path(out) if out is not None else Path("artifacts") / f"{_run_name(source_file)}-{target}-{precision}"
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        classes = [ClassInfo(id=i, name=n, color=[int(c) for c in col])
+                   for i, (n, col) in enumerate(zip(info.class_names, info.palette))]
+        manifest = Manifest(
+            target=target, precision=precision, input_size=list(input_size), num_classes=info.num_classes,
+            classes=classes, noise_shape=list(noise_shape), ignore_id=info.ignore_id,
+            batch={"min": batch[0], "opt": batch[1], "max": batch[2]}, library_versions=library_versions(),
+            trained_on={"dataset": info.dataset, "step": info.step, "image_size": list(info.image_size),
+                        "checkpoint": source_file.name},
+        )
+        request = ExportRequest(
+            generator=generator, info=info, classes=classes, precision=precision, out_dir=work,
+            input_size=input_size, noise_shape=noise_shape, batch=batch, calib=calib_set, min_psnr=min_psnr,
+            options=dict(options or {}), metadata={k: v for k, v in manifest.to_dict().items() if k != "files"},
+        )
+        log(f"[export] exporting to {target} {precision} at {input_size[0]}x{input_size[1]}")
+        result: ExportResult = module.export(request)
+        manifest.files = [file_entry(work, name) for name in result.files]
+        manifest.quality = result.quality
+        manifest.calibration = result.calibration
+        manifest.target_options = result.target_options
+        write_manifest(manifest, work)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    size_bytes = sum(f.bytes for f in manifest.files)
+    return ExportReport(out_dir, manifest, time.perf_counter() - started, size_bytes, list(result.notes))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _check_batch(batch) -> tuple[int, int, int]:
+    b = tuple(int(v) for v in batch)
+    if len(b) != 3 or not 1 <= b[0] <= b[1] <= b[2]:
+        raise ConfigError(f"--batch is min,opt,max with 1 <= min <= opt <= max, got {','.join(map(str, b))}.")
+    return b  # type: ignore[return-value]
+
+
+def _check_size(size, stride: int) -> tuple[int, int]:
+    h, w = (int(v) for v in size)
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        raise ConfigError(f"--size {h}x{w}: height and width must be positive multiples of the generator's "
+                          f"total stride {stride}.")
+    return h, w
+
+
+def _run_name(source_file: Path) -> str:
+    # runs/NAME/checkpoints/step_X/generator_ema.safetensors -> NAME; a lone file -> its stem
+    parts = source_file.resolve().parts
+    if "checkpoints" in parts:
+        return parts[parts.index("checkpoints") - 1]
+    return source_file.stem
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+__all__ = ["ExportReport", "export_generator", "DpSimsError"]

@@ -1,0 +1,179 @@
+"""ONNX target: ``model.onnx`` at fp32, fp16 or int8 (Q/DQ), the hub the OpenVINO and TensorRT targets build on.
+
+- fp32: the TorchScript-based exporter (opset 17, the newest TensorRT 8.6 parses; it gives plain named nodes such as
+  ``/blocks.0.0/conv0/Conv``, which the INT8 exclusion patterns rely on), ``onnx.checker`` full check, shape
+  inference, and a run in ONNX Runtime against torch (``max_abs_error_vs_torch``).
+- fp16: float16 weights and compute with float32 inputs/outputs; normalisations, softmax and the label one-hot
+  stay float32 (``onnxruntime.transformers.float16``).
+- int8: ONNX Runtime's static quantizer in QDQ form: int8 symmetric per-channel weights, int8 symmetric activations
+  (``qdq_for="tensorrt"``, the form TensorRT reads; the default) or uint8 asymmetric activations
+  (``qdq_for="cpu"``, faster in ONNX Runtime on CPUs), Conv/MatMul/Gemm only. Calibrated on the calibration set
+  and accuracy-gated (:mod:`export.gate`): below ``min_psnr`` more layers stay float and it tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration import CalibrationSet, compare_images, run_all, torch_runner
+from export.base import ExportRequest, ExportResult
+from export.gate import ExportQualityError, exclusion_levels, run_gate
+from runtimes._optional import require
+from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
+
+MODEL = "model.onnx"
+METADATA_KEY = "dp_sims"
+DEFAULT_OPSET = 17
+PRECISIONS = ("fp32", "fp16", "int8")
+#: op types kept float32 in fp16 models: normalisation statistics, softmax, and the one-hot comparison
+FP16_KEEP = ["BatchNormalization", "InstanceNormalization", "LayerNormalization", "Softmax", "Equal", "Erf",
+             "ReduceMean", "Pow", "Sqrt"]
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def export(req: ExportRequest) -> ExportResult:
+    onnx = require("onnx", "onnx")
+    require("onnxruntime", "onnx")
+    if req.precision not in PRECISIONS:
+        raise ValueError(f"The onnx target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
+    opset = int(req.options.get("opset", DEFAULT_OPSET))
+    path = req.out_dir / MODEL
+    fp32_path = req.out_dir / "fp32.onnx.tmp" if req.precision != "fp32" else path
+    export_fp32(req.generator, req.input_size, fp32_path, opset, req.batch)
+    notes: list[str] = []
+    data = req.calib
+    held_out = data.split()[1] if data is not None else None
+    reference = run_all(torch_runner(req.generator), held_out) if held_out is not None else None
+
+    fp32_check = None
+    if held_out is not None:
+        fp32_images = run_all(session_runner(fp32_path), held_out)
+        fp32_check = float(np.abs(fp32_images - reference).max())
+        notes.append(f"ONNX Runtime FP32 vs torch: max abs error {fp32_check:.2e}")
+
+    quality, calibration, kept = None, None, None
+    if req.precision == "fp16":
+        convert_fp16(fp32_path, path)
+        if held_out is not None:
+            quality = compare_images(reference, run_all(session_runner(path), held_out), held_out)
+    elif req.precision == "int8":
+        if data is None:
+            raise ExportQualityError("INT8 needs calibration data: give --calib (synthetic, a folder of label maps, or a dataset config).")
+        calib_part, _ = data.split()
+        activations = "int8" if req.options.get("qdq_for", "tensorrt") == "tensorrt" else "uint8"
+
+        def attempt(exclude: list[str]) -> tuple[dict[str, Any], Any]:
+            quantize_qdq(fp32_path, path, calib_part, exclude, activations, req.options.get("calibrate_method", "minmax"))
+            return compare_images(reference, run_all(session_runner(path), held_out), held_out), None
+
+        quality, kept, _ = run_gate(attempt, exclusion_levels(node_names(fp32_path)), req.min_psnr, "onnx int8")
+        calibration = {**calib_part.summary(), "method": f"onnxruntime quantize_static QDQ, {req.options.get('calibrate_method', 'minmax')}, "
+                       f"int8 symmetric per-channel weights, {activations} activations"
+                       + (" symmetric" if activations == "int8" else " asymmetric"), "held_out": len(held_out)}
+    if quality is not None:
+        if fp32_check is not None:
+            quality["max_abs_error_fp32_vs_torch"] = round(fp32_check, 8)
+        if kept is not None:
+            quality["kept_high_precision"] = kept
+    if fp32_path != path:
+        fp32_path.unlink()
+    embed_metadata(path, req.metadata)
+    return ExportResult(files=[MODEL], quality=quality, calibration=calibration,
+                        target_options={"opset": opset, "onnx_precision": req.precision}, notes=notes)
+
+
+def export_fp32(generator: Any, input_size: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET,
+                batch: tuple[int, int, int] = (1, 1, 16)) -> None:
+    """The graph contract in ONNX: label int32 [N, H, W], noise float32 [N, ...], image float32 [N, 3, H, W]."""
+    import warnings
+
+    import onnx
+    import torch
+
+    n = max(2, min(int(batch[1]), 4))  # a batch of 2+ keeps the exporter from specialising on batch 1
+    label = torch.zeros(n, *input_size, dtype=torch.int32)
+    noise = torch.zeros(n, *generator.noise_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
+        torch.onnx.export(
+            generator.eval(), (label, noise), str(path), input_names=[INPUT_LABEL, INPUT_NOISE],
+            output_names=[OUTPUT_IMAGE], opset_version=opset, do_constant_folding=True, dynamo=False,
+            dynamic_axes={INPUT_LABEL: {0: "batch"}, INPUT_NOISE: {0: "batch"}, OUTPUT_IMAGE: {0: "batch"}},
+        )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.save(model, str(path))
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_KEEP)
+    wrapped = OnnxModel(model)
+    wrapped.topological_sort()  # the converter appends its casts after their consumers
+    model = wrapped.model
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
+def quantize_qdq(src: Path, dst: Path, data: CalibrationSet, exclude: list[str], activations: str = "int8",
+                 method: str = "minmax") -> None:
+    """Static Q/DQ quantization of ``src`` into ``dst`` calibrated on ``data``; ``exclude`` node names stay float."""
+    from onnxruntime import quantization as q
+
+    from calibration.adapters import ort_reader
+
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"calibrate_method must be one of {', '.join(methods)}, got {method!r}.")
+    symmetric = activations == "int8"
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "consider pre-processing" hint
+    q.quantize_static(
+        str(src), str(dst), ort_reader(data, batch_size=1), quant_format=q.QuantFormat.QDQ, per_channel=True,
+        activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+        op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude, calibrate_method=methods[method],
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+    )
+
+
+def node_names(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in QUANTIZED_OPS]
+
+
+def session_runner(path: Path, threads: int | None = None):
+    """A runner (see calibration.compare) over an ONNX Runtime CPU session of ``path``."""
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run([OUTPUT_IMAGE], batch)[0]
+
+    return run
+
+
+def embed_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """The manifest's known fields as JSON in ``metadata_props`` (key ``dp_sims``)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
+    model.producer_name, model.producer_version = "dp-sims", metadata.get("library_versions", {}).get("dp-sims", "")
+    onnx.save(model, str(path))
+
