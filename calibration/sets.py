@@ -183,6 +183,6 @@ def _checked_ids(ids: np.ndarray, num_classes: int, ignore_id: int | None, where
         raise DataError(f"{where}: label maps hold integer class ids, got {ids.dtype}.")
     bad = (ids < 0) | (ids >= num_classes)
     if bad.any():
-        raise DataError(f"{where}: class ids must lie in 0..{num_classes - 1}; found {sorted(np.unique(ids[bad]))[:5]}."
+        raise DataError(f"{where}: class ids must lie in 0..{num_classes - 1}; found {[int(v) for v in np.unique(ids[bad])[:5]]}."
                         + (f" (ignore id {ignore_id} is a class of the model's own numbering)" if ignore_id is not None else ""))
     return ids.astype(np.int32)

@@ -5,11 +5,14 @@ Layers are chosen by their node names (module paths of the generator, identical 
 model converted from it). The steps, each adding to the previous one, follow what the quantization literature
 keeps out of INT8 first:
 
-1. ``first/last conv + attention scores``: the label stem, the to-RGB convolution, and the two attention matmuls
-   (scores q.k and their product with v), whose softmax range int8 represents badly;
+1. the label stem, the to-RGB convolution, the two attention matmuls (scores q.k and their product with v), whose
+   softmax range int8 represents badly, and the context blocks' MLPs, whose inputs carry the per-channel outliers
+   known from transformers (measured on the synthetic-tiny generator: quantizing only the MLPs costs the most,
+   26.8 dB alone, against 36-67 dB for any other group);
 2. ``+ attention projections and label head``: every q/kv/out projection and the low-resolution head;
-3. ``+ SPADE modulation``: the convolutions that predict the per-pixel scale and shift;
-4. ``+ finest block``: every layer of the full-resolution residual block.
+3. ``+ label encoder``: every remaining layer of the label encoder (downsampling, position and lateral convs);
+4. ``+ SPADE modulation``: the convolutions that predict the per-pixel scale and shift;
+5. ``+ finest block``: every layer of the full-resolution residual block.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ class ExportQualityError(DpSimsError):
 
 
 LEVELS: list[tuple[str, list[str]]] = [
-    ("first/last conv + attention scores", [r"/encoder/stem/", r"/to_rgb/", r"/attn_\w+/MatMul(_\d+)?$"]),
+    ("first/last conv, attention scores, context MLPs",
+     [r"/encoder/stem/", r"/to_rgb/", r"/attn_\w+/MatMul(_\d+)?$", r"/mlp/"]),
     ("+ attention projections and label head", [r"/attn_\w+/", r"/head/"]),
+    ("+ label encoder", [r"^/encoder/"]),
     ("+ SPADE modulation", [r"/(norm\d|skip_norm)/(gamma|beta)/", r"/shared/"]),
     ("+ finest block", ["{last_block}"]),
 ]
-
 
 def exclusion_levels(names: list[str]) -> list[tuple[str, list[str]]]:
     """``[(description, node names kept float)]``, cumulative, for the quantizable nodes ``names``."""

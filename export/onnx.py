@@ -57,7 +57,9 @@ def export(req: ExportRequest) -> ExportResult:
         notes.append(f"ONNX Runtime FP32 vs torch: max abs error {fp32_check:.2e}")
 
     quality, calibration, kept = None, None, None
-    if req.precision == "fp16":
+    if req.precision == "fp32" and fp32_check is not None:  # a check, not a precision loss (as openvino/torch fp32)
+        quality = {"max_abs_error_vs_torch": round(fp32_check, 8), "measured_with": "ONNX Runtime CPU"}
+    elif req.precision == "fp16":
         convert_fp16(fp32_path, path)
         if held_out is not None:
             quality = compare_images(reference, run_all(session_runner(path), held_out), held_out)
@@ -76,7 +78,7 @@ def export(req: ExportRequest) -> ExportResult:
                        f"int8 symmetric per-channel weights, {activations} activations"
                        + (" symmetric" if activations == "int8" else " asymmetric"), "held_out": len(held_out)}
     if quality is not None:
-        if fp32_check is not None:
+        if fp32_check is not None and req.precision != "fp32":
             quality["max_abs_error_fp32_vs_torch"] = round(fp32_check, 8)
         if kept is not None:
             quality["kept_high_precision"] = kept
@@ -126,7 +128,11 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
 def quantize_qdq(src: Path, dst: Path, data: CalibrationSet, exclude: list[str], activations: str = "int8",
                  method: str = "minmax") -> None:
-    """Static Q/DQ quantization of ``src`` into ``dst`` calibrated on ``data``; ``exclude`` node names stay float."""
+    """Static Q/DQ quantization of ``src`` into ``dst`` calibrated on ``data``; ``exclude`` node names stay float.
+
+    ``activations="int8"`` is the TensorRT form: symmetric int8 everywhere and float biases (TensorRT's
+    DequantizeLinear reads int8 only, so ONNX Runtime's int32 bias Q/DQ would not parse); ``"uint8"`` is the CPU
+    form with asymmetric uint8 activations and int32 biases (what ONNX Runtime fuses into QLinearConv)."""
     from onnxruntime import quantization as q
 
     from calibration.adapters import ort_reader
@@ -141,7 +147,7 @@ def quantize_qdq(src: Path, dst: Path, data: CalibrationSet, exclude: list[str],
         str(src), str(dst), ort_reader(data, batch_size=1), quant_format=q.QuantFormat.QDQ, per_channel=True,
         activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
         op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude, calibrate_method=methods[method],
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
     )
 
 

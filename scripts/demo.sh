@@ -26,7 +26,7 @@ rm -rf "$ART"
 
 echo "[demo] 3/3 generating images from an example label map"
 mkdir -p "$OUT"
-"$PY" -m runtimes generate --model "$ART" --label examples/label_maps/synthetic_64.png --seed 0 --n 4 --out "$OUT/generated.png"
+"$PY" -m runtimes generate --model "$ART" --label examples/label_maps/synthetic_64.png --seed 0 --n 4 --grid --out "$OUT/generated.png"
 
 echo
 echo "Everything the demo wrote:"

@@ -149,6 +149,22 @@ def save_checkpoint(
     return final
 
 
+def save_generator(path: str | Path, generator: torch.nn.Module, info: GeneratorInfo) -> Path:
+    """Write one self-describing generator file (weights + config + classes in its metadata), atomically:
+    what ``python -m export --checkpoint FILE`` and :func:`load_generator` read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(_state_dict_cpu(generator), tmp, metadata={META_KEY: info.to_json()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _prune(ckpt_root: Path, keep: int, protect: str) -> None:
     steps = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
     for old in steps[:-keep] if keep > 0 else []:

@@ -310,32 +310,31 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             state.step += 1
             bar.update(1)
 
-            # ---- logging, samples, evaluation, checkpoints (rank 0)
-            if dinfo.main and (state.step % tc.log_every == 0 or state.step == tc.steps):
+            # ---- logging, samples, evaluation, checkpoints (rank 0); the last step (or the time limit) does all
+            out_of_time = tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60
+            last = state.step == tc.steps or out_of_time
+            if dinfo.main and (state.step % tc.log_every == 0 or last):
                 now = time.time()
                 rec = {"step": state.step, **{k: round(float(v.detach()), 5) for k, v in {**terms_d, **terms_g}.items()},
                        "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
                        "it_s": round((state.step - step_log) / max(now - t_log, 1e-9), 3), "elapsed_s": round(now - t_start, 1)}
                 t_log, step_log = now, state.step
-                if state.step % tc.eval_every == 0 or state.step == tc.steps:
+                if state.step % tc.eval_every == 0 or last:
                     score = label_consistency_of_generator(G_ema, val_set, cfg.eval.label_consistency_samples, device)
                     if score is not None:
                         rec["label_consistency"] = round(score, 4)
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
                 bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss_d", "loss_g", "label_consistency") if k in rec})
-            if dinfo.main and (state.step % tc.sample_every == 0 or state.step == tc.steps):
+            if dinfo.main and (state.step % tc.sample_every == 0 or last):
                 write_sample_grid(G_ema, val_set, run_dir / "samples" / f"step_{state.step:07d}.png", cfg.eval, device)
-            out_of_time = tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60
-            if state.step % tc.ckpt_every == 0 or state.step == tc.steps or interrupted["flag"] or out_of_time:
+            if state.step % tc.ckpt_every == 0 or last or interrupted["flag"]:
                 checkpoint()
             if interrupted["flag"]:
                 log.warning("stopped by interrupt at step %d; resume with --resume %s", state.step, run_dir)
                 break
             if out_of_time:
                 log.warning("train.max_minutes=%s reached at step %d; checkpoint written", tc.max_minutes, state.step)
-                if dinfo.main and state.step % tc.sample_every:
-                    write_sample_grid(G_ema, val_set, run_dir / "samples" / f"step_{state.step:07d}.png", cfg.eval, device)
                 break
     finally:
         bar.close()

@@ -1,0 +1,368 @@
+"""One-run latency benchmark of every artifact that runs on this machine, against torch eager FP32 of the same
+generator (and, optionally, of a peer generator through the same backends).
+
+    python -m benchmarks.run --checkpoint runs/synthetic-tiny                 # a trained generator
+    python -m benchmarks.run --preset ade20k-256 --size 256                  # paper-size generator (random weights)
+    python -m benchmarks.run --preset ade20k-256 --peer benchmarks.peers:oasis_generator
+
+Everything is timed in one process, one after the other, so the ratios are comparable even on shared machines
+whose absolute timings drift. For each (model, target, precision): median and p90 latency of ``--runs`` calls after
+``--warmup`` calls at batch 1 and at each ``--batches`` size, images/s, the process's resident memory after
+the runs, PSNR against torch FP32 (the export's own quality report), and GFLOP per image counted with
+``torch.utils.flop_counter`` with the fraction of the device's estimated peak it reaches. Writes
+``results.json``, ``results.md`` and ``latency.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARTIFACTS = ["torch:fp32", "onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8"]
+
+
+# ------------------------------------------------------------------------------------------------ device facts
+
+
+def rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_peak_gflops() -> tuple[float | None, str]:
+    """Estimated FP32 peak of this process's CPUs: cores x clock x FLOP/cycle (2 FMA units: AVX-512 64, AVX2 32)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, "unknown CPU"
+    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
+    model = (re.search(r"^model name\s*:\s*(.*)$", info, re.M) or [None, "CPU"])[1]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
+    if not mhz:
+        return None, model
+    peak = cores * max(mhz) / 1000 * per_cycle
+    return peak, f"{model}, {cores} threads, ~{max(mhz) / 1000:.2f} GHz, {per_cycle} FP32 FLOP/cycle"
+
+
+def gflops_per_image(module: Any, input_size, noise_shape) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(torch.zeros(1, *input_size, dtype=torch.int32), torch.zeros(1, *noise_shape))
+    return counter.get_total_flops() / 1e9
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def time_calls(fn, runs: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return {"median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * times[min(len(times) - 1, int(0.9 * len(times)))],
+            "min_ms": 1000 * times[0], "runs": runs}
+
+
+def inputs(batch: int, input_size, noise_shape, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cell = max(1, min(input_size) // 8)
+    coarse = rng.integers(0, num_classes, size=(batch, -(-input_size[0] // cell), -(-input_size[1] // cell)))
+    label = coarse.repeat(cell, 1).repeat(cell, 2)[:, : input_size[0], : input_size[1]].astype(np.int32)
+    return label, rng.standard_normal((batch, *noise_shape), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def load_model(args: argparse.Namespace):
+    """(name, generator, GeneratorInfo) of the checkpoint, or of a random-weight generator of a preset."""
+    import torch
+
+    from train.checkpoint import GeneratorInfo, load_generator
+    from train.config import load_config
+    from train.models.generator import Generator
+
+    if args.checkpoint:
+        generator, info = load_generator(args.checkpoint)
+        return Path(args.checkpoint).name, generator, info
+    cfg = load_config(args.preset, [])
+    num_classes = args.num_classes or cfg.data.num_classes or 151
+    torch.manual_seed(0)
+    generator = warmed(Generator(num_classes, cfg.model.generator), num_classes, tuple(args.size or cfg.data.image_size))
+    size = list(args.size or cfg.data.image_size)
+    info = GeneratorInfo(num_classes=num_classes, generator=cfg.model.generator, image_size=size,
+                         class_names=[f"class {i}" for i in range(num_classes)], palette=_palette(num_classes),
+                         dataset="none (random weights, benchmark)")
+    return f"{cfg.name} (random weights)", generator, info
+
+
+def warmed(generator, num_classes: int, size, seed: int = 0):
+    """Random weights with trained-like behaviour: live noise path and batch-norm statistics of real activations
+    (a fresh generator's zero-initialised attention output ignores its noise)."""
+    import torch
+
+    for name, p in generator.named_parameters():
+        if name.endswith(".out.weight"):
+            torch.nn.init.normal_(p, std=0.02)
+    generator.train()
+    with torch.no_grad():
+        for i in range(2):
+            label, noise = inputs(2, size, generator.noise_shape, num_classes, seed + i)
+            generator(torch.from_numpy(label), torch.from_numpy(noise))
+    return generator.eval()
+
+
+def _palette(n: int) -> list[list[int]]:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, size=(n, 3)).tolist()
+
+
+def load_peer(spec: str, num_classes: int, size):
+    """``module:factory`` -> factory(num_classes, size): an nn.Module with forward(label int32 [N,H,W], noise)
+    and a ``noise_shape`` attribute (the same contract as ours, so it runs through the same exporters)."""
+    module_name, _, attr = spec.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr or "build")
+    return factory(num_classes, tuple(size))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def export_all(name: str, generator, info, specs: list[str], out: Path, calib_samples: int, log) -> dict[str, Path]:
+    from export.api import export_generator
+    from train.checkpoint import save_generator
+
+    ckpt = save_generator(out / "checkpoints" / f"{_slug(name)}.safetensors", generator, info)
+    calib = "synthetic" if info.dataset == "synthetic" else "blocks"
+    made = {}
+    for spec in specs:
+        target, precision = spec.split(":")
+        dest = out / "artifacts" / f"{_slug(name)}-{target}-{precision}"
+        log(f"[bench] exporting {name} -> {target} {precision}")
+        report = export_generator(ckpt, target, precision, calib=calib, calib_samples=calib_samples, out=dest,
+                                  overwrite=True, log=lambda m: None, batch=(1, 1, 16))
+        made[spec] = report.out_dir
+    return made
+
+
+def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
+    import torch
+
+    from runtimes import load_predictor
+
+    size = tuple(args.size or info.image_size)
+    noise_shape = tuple(generator.noise_shape)
+    flops = gflops_per_image(generator, size, noise_shape)
+    rows = []
+
+    def record(label: str, fn_for_batch, psnr=None, size_bytes=None):
+        for batch in args.batches:
+            label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
+            timing = time_calls(lambda: fn_for_batch(label_np, noise_np), args.runs, args.warmup)
+            per_image_s = timing["median_ms"] / 1000 / batch
+            row = {"model": name, "backend": label, "batch": batch, **{k: round(v, 3) for k, v in timing.items()},
+                   "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
+                   "achieved_gflops": round(flops / per_image_s, 1), "rss_mib": round(rss_mib(), 1),
+                   "psnr_vs_fp32_db": psnr, "bytes": size_bytes}
+            if peak:
+                row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
+            rows.append(row)
+            log(f"[bench] {name:>28} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms  "
+                f"p90 {timing['p90_ms']:8.2f} ms  {row['images_per_s']:8.2f} img/s")
+
+    generator = generator.eval()
+
+    def eager(label, noise):
+        with torch.no_grad():
+            return generator(torch.from_numpy(label), torch.from_numpy(noise)).numpy()
+
+    record("torch eager fp32", eager)
+    if args.compile:
+        compiled = torch.compile(generator)
+
+        def comp(label, noise):
+            with torch.no_grad():
+                return compiled(torch.from_numpy(label), torch.from_numpy(noise)).numpy()
+
+        record("torch compiled fp32", comp)
+
+    artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log)
+    for spec, path in artifacts.items():
+        predictor = load_predictor(path, device=args.device)
+        quality = predictor.manifest.quality or {}
+        size_bytes = sum(f.bytes for f in predictor.manifest.files)
+        record(spec.replace(":", " "), lambda label, noise, p=predictor: p.generate_raw(label, noise=noise),
+               quality.get("psnr_db"), size_bytes)
+        predictor.close()
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
+    baseline = {}
+    for r in rows:
+        if r["backend"] == "torch eager fp32":
+            baseline[(r["model"], r["batch"])] = r["median_ms"]
+    ours = next((r["model"] for r in rows), None)
+    for r in rows:
+        base = baseline.get((r["model"], r["batch"]))
+        r["speedup_vs_torch_eager"] = round(base / r["median_ms"], 2) if base else None
+        base_ours = baseline.get((ours, r["batch"]))
+        r["speedup_vs_our_torch_eager"] = round(base_ours / r["median_ms"], 2) if base_ours else None
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    head = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "x torch eager", "PSNR dB", "GFLOP/img",
+            "% peak", "RSS MiB", "size"]
+    lines = [f"# dp-sims benchmark ({meta['device']})", "", f"{meta['when']}, {meta['runs']} runs after "
+             f"{meta['warmup']} warm-up calls, one process.", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in rows:
+        pct = f"{100 * r['fraction_of_peak']:.1f}" if r.get("fraction_of_peak") is not None else "-"
+        size = f"{r['bytes'] / 2**20:.1f} MB" if r.get("bytes") else "-"
+        lines.append("| " + " | ".join(str(v) for v in [
+            r["model"], r["backend"], r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
+            r["speedup_vs_torch_eager"], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
+            r["gflop_per_image"], pct, r["rss_mib"], size]) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    bar_chart([r for r in rows if r["batch"] == rows[0]["batch"]], out / "latency.png")
+
+
+def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """Horizontal bars of median latency (batch of the first row), drawn with pillow."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        return
+    width, bar_h, left = 900, 26, 360
+    img = Image.new("RGB", (width, 40 + bar_h * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    top = max(r["median_ms"] for r in rows) or 1
+    draw.text((10, 10), f"median latency, batch {rows[0]['batch']} (ms; shorter is faster)", fill="black")
+    for i, r in enumerate(rows):
+        y = 34 + i * bar_h
+        draw.text((10, y + 6), f"{r['model'][:24]} | {r['backend']}", fill="black")
+        length = int((width - left - 90) * r["median_ms"] / top)
+        color = (60, 120, 200) if "torch eager" not in r["backend"] else (200, 90, 60)
+        draw.rectangle([left, y + 4, left + max(1, length), y + bar_h - 4], fill=color)
+        draw.text((left + length + 6, y + 6), f"{r['median_ms']:.1f}", fill="black")
+    img.save(path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="run folder or generator file")
+    src.add_argument("--preset", default="synthetic-tiny", help="config preset of a random-weight generator")
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--size", type=lambda s: [int(v) for v in s.lower().split("x")] * (1 if "x" in s else 2), default=None,
+                        help="HxW (default: the model's training size)")
+    parser.add_argument("--artifacts", default=",".join(DEFAULT_ARTIFACTS), help="target:precision list")
+    parser.add_argument("--peer", action="append", default=[], help="module:factory of a peer generator")
+    parser.add_argument("--batches", default="1", help="comma list of batch sizes (default 1)")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
+    args = parser.parse_args(argv)
+    args.artifacts = [a for a in args.artifacts.split(",") if a]
+    args.batches = [int(b) for b in args.batches.split(",")]
+    if args.device == "cuda":
+        args.artifacts = [a for a in args.artifacts if not a.startswith("openvino")] + ["tensorrt:int8"]
+
+    sys.path.insert(0, str(ROOT))
+    out = Path(args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    peak, device = cpu_peak_gflops() if args.device == "cpu" else (None, "cuda")
+    name, generator, info = load_model(args)
+    rows = bench_model(name, generator, info, args, out, peak, log)
+    for spec in args.peer:
+        peer = load_peer(spec, info.num_classes, args.size or info.image_size)
+        peer_info = type(info)(**{**vars(info), "generator": info.generator, "dataset": "none (peer, random weights)"})
+        rows += bench_peer(spec, peer, peer_info, args, out, peak, log)
+    meta = {"device": device, "peak_gflops_estimate": peak, "when": time.strftime("%Y-%m-%d %H:%M"),
+            "runs": args.runs, "warmup": args.warmup, "python": platform.python_version(), "argv": sys.argv[1:]}
+    write_results(rows, meta, out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'latency.png'}")
+    return 0
+
+
+def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
+    """A peer generator through torch eager and the same ONNX Runtime / OpenVINO conversions (default settings:
+    what a user of that model gets by exporting it), without our export pipeline (it has no checkpoint format)."""
+    import torch
+
+    from export.onnx import export_fp32, session_runner
+
+    size = tuple(args.size or info.image_size)
+    noise_shape = tuple(peer.noise_shape)
+    flops = gflops_per_image(peer, size, noise_shape)
+    name = spec.split(":")[-1]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "peer.onnx"
+        export_fp32(peer.eval(), size, onnx_path)
+        runners = {"torch eager fp32": lambda l, n: peer(torch.from_numpy(l), torch.from_numpy(n))}
+        runners["onnx fp32"] = lambda l, n, r=session_runner(onnx_path): r({"label": l, "noise": n})
+        try:
+            import openvino as ov
+
+            core = ov.Core()
+            default = core.compile_model(str(onnx_path), "CPU")
+            f32 = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            runners["openvino fp32"] = lambda l, n, c=f32: c({"label": l, "noise": n})
+            runners["openvino default"] = lambda l, n, c=default: c({"label": l, "noise": n})
+        except ImportError:
+            pass
+        for label, fn in runners.items():
+            for batch in args.batches:
+                label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
+                with torch.no_grad():
+                    timing = time_calls(lambda: fn(label_np, noise_np), args.runs, args.warmup)
+                per_image_s = timing["median_ms"] / 1000 / batch
+                rows.append({"model": f"peer {name}", "backend": label, "batch": batch,
+                             **{k: round(v, 3) for k, v in timing.items()}, "images_per_s": round(1 / per_image_s, 2),
+                             "gflop_per_image": round(flops, 2), "achieved_gflops": round(flops / per_image_s, 1),
+                             "rss_mib": round(rss_mib(), 1), "psnr_vs_fp32_db": None, "bytes": None,
+                             **({"fraction_of_peak": round(flops / per_image_s / peak, 4)} if peak else {})})
+                log(f"[bench] peer {name:>23} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""The ten-line app: load an exported artifact, turn a label map into images, save them.
+
+    python examples/generate.py ARTIFACT_DIR examples/label_maps/synthetic_64.png out.png
+"""
+
+import sys
+
+import numpy as np
+
+from runtimes import imaging, load_predictor
+
+artifact, label_png, out_png = sys.argv[1:4]
+with load_predictor(artifact) as predictor:  # any target: onnx, openvino, tensorrt, coreml, torch
+    images = predictor.generate_variations(label_png, n=4, seed=0)  # (4, H, W, 3) uint8, same on every backend
+    shown = predictor.colorize(label_png)  # the label map in the artifact's class colours
+    imaging.save_png(out_png, imaging.image_grid(np.stack([shown, *images])))
+print(f"{predictor.target} {predictor.precision}: wrote {out_png}")
