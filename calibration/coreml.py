@@ -1,17 +1,18 @@
 """Calibration for CoreML: the data forms coremltools takes, and W8A8 quantization in torch.
 
-Data, from a calibration set's arrays (``labels`` int32 [N, H, W], ``noise`` float32 [N, T, D]):
+Data, from a :class:`calibration.CalibrationSet` (the one source every target reads; its ``split()`` keeps the
+held-out samples of the quality report away from the quantizer):
 
 - :func:`sample_data`: one ``{"label": [1, H, W], "noise": [1, T, D]}`` dict per sample -- the ``sample_data`` of
   ``coremltools.optimize.coreml.experimental.linear_quantize_activations``, which calibrates a *converted* model
   by running it, so it works on macOS only.
-- :func:`torch_batches`: ``(label, noise)`` tensor batches for a torch model.
+- :func:`torch_inputs`: one ``CalibrationSet.batches`` dict as the ``(label, noise)`` tensors a torch model takes.
 
 W8A8 (what ``python -m export --target coreml --precision w8a8`` uses, on any OS): :func:`calibrate_w8a8` inserts
 ``coremltools.optimize.torch`` fake quantization (int8 per-channel weights, 8-bit activations) into a copy of the
 generator and records activation ranges on the calibration batches; the result runs in torch, so its quality can
-be measured before conversion. :func:`freeze_w8a8` turns it into a plain module whose weights are int8 constants
-and whose activations pass through quantize/dequantize pairs -- the form ``coremltools.convert`` reads from a
+be measured (with :mod:`calibration.compare`) before conversion. :func:`freeze_w8a8` turns it into a plain module
+whose weights are int8 constants and whose activations pass through quantize/dequantize pairs -- the form ``coremltools.convert`` reads from a
 ``torch.export`` program (int8 ``constexpr`` weights, ``quantize``/``dequantize`` ops, iOS 17+).
 
 Importing this module needs numpy only; torch and coremltools are imported by the functions that use them.
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from calibration.sets import CalibrationSet
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 
 if TYPE_CHECKING:
@@ -42,34 +44,17 @@ DEFAULT_FLOAT_TYPES = ("Attention",)
 # ------------------------------------------------------------------------------------------------ data forms
 
 
-def checked_arrays(labels: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``labels`` as int32 [N, H, W] and ``noise`` as float32 [N, ...] with one noise row per label map."""
-    labels = np.ascontiguousarray(labels, dtype=np.int32)
-    noise = np.ascontiguousarray(noise, dtype=np.float32)
-    if labels.ndim != 3 or noise.ndim < 2 or len(noise) != len(labels) or len(labels) == 0:
-        raise ValueError(
-            f"Calibration data must be labels [N, H, W] with one noise row each (N >= 1); got labels "
-            f"{labels.shape} and noise {noise.shape}."
-        )
-    return labels, noise
+def sample_data(data: CalibrationSet, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """One ``{"label": [1, H, W], "noise": [1, ...]}`` dict per sample (the first ``limit`` samples if given):
+    the ``sample_data`` of ``coremltools.optimize.coreml.experimental.linear_quantize_activations`` (macOS)."""
+    return list(data.subset(0, limit).batches(1))
 
 
-def sample_data(labels: np.ndarray, noise: np.ndarray, limit: int | None = None) -> list[dict[str, np.ndarray]]:
-    """One ``{"label": [1, H, W], "noise": [1, ...]}`` dict per sample (the first ``limit`` samples if given)."""
-    labels, noise = checked_arrays(labels, noise)
-    n = len(labels) if limit is None else min(limit, len(labels))
-    return [{INPUT_LABEL: labels[i : i + 1], INPUT_NOISE: noise[i : i + 1]} for i in range(n)]
-
-
-def torch_batches(labels: np.ndarray, noise: np.ndarray, batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(label int32, noise float32)`` CPU tensor batches in order, the last one possibly smaller."""
+def torch_inputs(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(label int32, noise float32)`` CPU tensors of one :meth:`CalibrationSet.batches` dict."""
     import torch
 
-    labels, noise = checked_arrays(labels, noise)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    for start in range(0, len(labels), batch_size):
-        yield torch.from_numpy(labels[start : start + batch_size]), torch.from_numpy(noise[start : start + batch_size])
+    return torch.from_numpy(batch[INPUT_LABEL]), torch.from_numpy(batch[INPUT_NOISE])
 
 
 # ------------------------------------------------------------------------------------------------------ W8A8
@@ -89,12 +74,14 @@ class W8A8Model:
 
 def calibrate_w8a8(
     generator: torch.nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    data: CalibrationSet,
+    batch_size: int = 8,
     float_modules: Iterable[str] = DEFAULT_FLOAT_MODULES,
     float_types: Iterable[str] = DEFAULT_FLOAT_TYPES,
 ) -> W8A8Model:
     """Quantize a copy of ``generator`` (int8 per-channel symmetric weights, 8-bit symmetric activations) with
-    ``coremltools.optimize.torch`` and calibrate its activation ranges on ``batches`` of (label, noise).
+    ``coremltools.optimize.torch`` and calibrate its activation ranges on ``data`` (the calibration part of a
+    :class:`CalibrationSet`, never its held-out samples), fed in batches of ``batch_size``.
 
     ``float_modules`` (qualified names) and ``float_types`` (class names) stay in float: everything inside them,
     functional ops (matmul, softmax) included. Names that match nothing are ignored, so the defaults fit any
@@ -118,28 +105,22 @@ def calibrate_w8a8(
         module_name_configs={n: None for n in float_modules if n in names},
     )
     quantizer = LinearQuantizer(model, config)
-    batches = iter(batches)
-    first = next(batches, None)
-    if first is None:
-        raise ValueError("W8A8 calibration needs at least one (label, noise) batch.")
-    prepared = quantizer.prepare(example_inputs=first)
+    batches = [torch_inputs(b) for b in data.batches(batch_size)]
+    prepared = quantizer.prepare(example_inputs=batches[0])
     prepared.eval()  # batch norm keeps its running statistics; the observers still record (they ignore the mode)
-    samples = 0
     with torch.no_grad():
-        for label, noise in _chain(first, batches):
+        for label, noise in batches:
             prepared(label, noise)
-            samples += len(label)
     prepared.apply(torch.ao.quantization.disable_observer)  # freeze the ranges: later forwards only simulate
-    return W8A8Model(prepared, quantizer, samples, kept)
+    return W8A8Model(prepared, quantizer, len(data), kept)
 
 
 def freeze_w8a8(model: W8A8Model) -> torch.nn.Module:
     """A module computing the same as ``model.module`` whose weights are int8 buffers dequantized per channel in
     the graph and whose activations go through ``quantized_decomposed`` quantize/dequantize ops: what
     ``torch.export`` + ``coremltools.convert`` turn into int8 weights and int8 activation ops."""
-    from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
-
     from coremltools.optimize.torch.quantization._backend_config import get_backend_config
+    from torch.ao.nn.quantized.reference.modules.utils import ReferenceQuantizedModule
 
     try:  # torch's converter to the decomposed (plain int8 tensor) representation; private, so guard it
         from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
@@ -215,8 +196,3 @@ def _with_affine_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             module.weight = torch.nn.Parameter(torch.ones(module.num_features))
             module.bias = torch.nn.Parameter(torch.zeros(module.num_features))
     return model
-
-
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest

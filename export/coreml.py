@@ -19,10 +19,12 @@ Core ML runs range-flexible models on the Neural Engine for the default shape on
 With ``image_output`` the graph maps the image to 0..255 and returns it as an RGB image (``ct.ImageType``), which
 Core ML allows for batch 1 only: such packages have a fixed batch of 1.
 
-Quality: the Core ML model cannot run off macOS, so the numbers in the manifest come from torch: for ``int8w`` the
-generator with its weights quantized the way ``linear_quantize_weights`` does, for ``w8a8`` the calibrated
-fake-quantized generator, each against float32 on held-out calibration samples. Float16 compute on the device
-lowers them a little further; the notes say so.
+Quality: the Core ML model cannot run off macOS, so the numbers in the manifest come from torch
+(``quality["measured_with"]`` says so), through the report every target shares (:mod:`calibration.compare`) on
+the held-out part of the calibration set (``CalibrationSet.split()``; the quantizer never sees it): for ``int8w``
+the generator with its weights quantized the way ``linear_quantize_weights`` does, for ``w8a8`` the calibrated,
+frozen int8 module that is converted, each against float32. Float16 compute on the device lowers them a little
+further; the notes say so. fp32 and fp16 packages carry no quality numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from calibration import CalibrationSet, compare, torch_runner
 from export.base import ExportRequest, ExportResult
 from runtimes._optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
@@ -48,6 +51,9 @@ DEFAULT_DEPLOYMENT_TARGET = "iOS17"
 #: weights with at most this many elements stay float16 in ``int8w`` (coremltools' default): per-channel scales
 #: would cost more than they save
 WEIGHT_THRESHOLD = 2048
+#: where the quality numbers of int8w and w8a8 come from (``quality["measured_with"]`` in the manifest)
+MEASURED_WITH = ("torch on the CPU, float32 compute, quantization simulated (Core ML predicts only on macOS; "
+                 "float16 compute on the device lowers the PSNR a little)")
 
 
 class CoreMLExportError(DpSimsError, ValueError):
@@ -79,8 +85,8 @@ def export(req: ExportRequest) -> ExportResult:
     module, quality, calibration = req.generator.eval(), None, None
     if req.precision == "w8a8":
         module, quality, calibration = _quantize_w8a8(req)
-    elif req.precision == "int8w":
-        quality = _int8w_quality(req)
+    elif req.precision == "int8w" and req.calib is not None:
+        quality = _int8w_quality(req.generator, req.calib.split()[1])
     if image_output:
         module = PixelOutput(module).eval()
 
@@ -211,34 +217,36 @@ def package_files(out_dir: Path) -> list[str]:
 
 
 def _quantize_w8a8(req: ExportRequest) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Calibrate W8A8 in torch; return the module to convert, the quality and the calibration summary."""
-    from calibration.coreml import calibrate_w8a8, freeze_w8a8, torch_batches
+    """Calibrate W8A8 in torch on the calibration part of ``req.calib``; return the module to convert, its quality
+    against float32 on the held-out part, and the calibration summary."""
+    from calibration.coreml import calibrate_w8a8, freeze_w8a8
 
     if req.calib is None:
         raise CoreMLExportError("--precision w8a8 calibrates activations: give calibration data with --calib.")
-    (labels, noise), held_out = _split(req.calib)
-    batch_size = int(req.options.get("calib_batch", 8))
-    w8a8 = calibrate_w8a8(req.generator, torch_batches(labels, noise, batch_size))
-    quality = measure(req.generator, w8a8.module, *held_out)
-    quality["kept_high_precision"] = w8a8.kept_float
+    calib_part, held_out = req.calib.split()
+    w8a8 = calibrate_w8a8(req.generator, calib_part, batch_size=int(req.options.get("calib_batch", 8)))
+    frozen = freeze_w8a8(w8a8)  # what is converted: measure it, not the fake-quantized module it came from
+    quality = _torch_quality(req.generator, frozen, held_out, w8a8.kept_float)
     calibration = {
-        "source": getattr(req.calib, "source", "calibration set"),
-        "samples": w8a8.samples,
+        **calib_part.summary(),
+        "held_out": len(held_out),
         "method": "coremltools.optimize.torch LinearQuantizer: int8 per-channel symmetric weights, 8-bit "
         "symmetric activations from moving-average min/max observers",
-        "seed": getattr(req.calib, "seed", None),
     }
-    return freeze_w8a8(w8a8), quality, calibration
+    return frozen, quality, calibration
 
 
-def _int8w_quality(req: ExportRequest) -> dict[str, Any] | None:
+def _int8w_quality(generator: nn.Module, held_out: CalibrationSet) -> dict[str, Any]:
     """The generator with its weights quantized as :func:`quantize_weights` does, against float32."""
-    if req.calib is None:
-        return None
-    _, held_out = _split(req.calib)
-    quantized = _with_int8_weights(req.generator)
-    return {**measure(req.generator, quantized, *held_out), "kept_high_precision": [
-        f"weights with <= {WEIGHT_THRESHOLD} elements", "activations (float16)"]}
+    kept = [f"weights with <= {WEIGHT_THRESHOLD} elements", "activations (float16)"]
+    return _torch_quality(generator, _with_int8_weights(generator), held_out, kept)
+
+
+def _torch_quality(reference: nn.Module, candidate: nn.Module, held_out: CalibrationSet, kept: list[str]) -> dict[str, Any]:
+    """The shared quality report (:func:`calibration.compare`) of ``candidate`` against ``reference``, both run in
+    torch: Core ML itself predicts only on macOS."""
+    quality = compare(torch_runner(reference), torch_runner(candidate), held_out)
+    return {**quality, "kept_high_precision": kept, "measured_with": MEASURED_WITH}
 
 
 def _with_int8_weights(generator: nn.Module, weight_threshold: int = WEIGHT_THRESHOLD) -> nn.Module:
@@ -253,32 +261,3 @@ def _with_int8_weights(generator: nn.Module, weight_threshold: int = WEIGHT_THRE
                 scale = weight.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / 127.0
                 weight.copy_(torch.clamp(torch.round(weight / scale), -127, 127) * scale)
     return model
-
-
-def measure(reference: nn.Module, candidate: nn.Module, labels: np.ndarray, noise: np.ndarray) -> dict[str, Any]:
-    """PSNR (peak 2 on [-1, 1] images, i.e. 255 on uint8) and max abs error of ``candidate`` against ``reference``
-    on the given samples, computed in torch."""
-    from calibration.coreml import torch_batches
-
-    ref, out = [], []
-    with torch.no_grad():
-        for label, z in torch_batches(labels, noise):
-            ref.append(reference(label, z))
-            out.append(candidate(label, z))
-    ref_t, out_t = torch.cat(ref).double(), torch.cat(out).double()
-    mse = torch.mean((ref_t - out_t) ** 2).item()
-    return {
-        "psnr_db": float("inf") if mse == 0 else round(float(10 * np.log10(4.0 / mse)), 2),
-        "max_abs_error": round(float((ref_t - out_t).abs().max()), 6),
-        "samples": len(labels),
-        "measured_in": "torch (the Core ML model runs on macOS only)",
-    }
-
-
-def _split(calib: Any) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(calibration arrays, held-out arrays) of a calibration set: its last quarter is held out."""
-    labels, noise = np.asarray(calib.labels), np.asarray(calib.noise)
-    if len(labels) < 2:
-        raise CoreMLExportError(f"Calibration needs at least 2 samples (some are held out), got {len(labels)}.")
-    cut = len(labels) - max(1, len(labels) // 4)
-    return (labels[:cut], noise[:cut]), (labels[cut:], noise[cut:])

@@ -115,24 +115,33 @@ def build_here(out_dir: Path, plan: dict[str, Any], input_size, noise_shape) -> 
 
 
 def check_qdq_for_tensorrt(onnx_path: Path) -> None:
-    """TensorRT reads symmetric signed int8 Q/DQ only (zero point 0); refuse anything else with the reason."""
+    """TensorRT reads symmetric signed int8 Q/DQ only: every zero point 0 and int8, and DequantizeLinear only of int8
+    tensors (an int32 bias Q/DQ, as ONNX Runtime writes by default, does not parse). Refuse anything else with the
+    reason; zero points or quantized tensors computed in the graph (not initializers) are not checked."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     constants = {t.name: t for t in model.graph.initializer}
+    fix = "Quantize with int8 activations, symmetric, and float biases (export.onnx.quantize_qdq for TensorRT)."
     for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        zero = constants.get(node.input[2])
+        quantized = constants.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if quantized is not None and quantized.data_type != onnx.TensorProto.INT8:
+            kind = onnx.helper.tensor_dtype_to_np_dtype(quantized.data_type)
+            raise EngineBuildError(
+                f"{onnx_path}: DequantizeLinear {node.name!r} dequantizes {kind} values ({node.input[0]}); TensorRT's "
+                f"DequantizeLinear reads int8 only (int32 is a quantized bias: keep biases float). {fix}"
+            )
+        zero = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zero is None:
             continue
         values = numpy_helper.to_array(zero)
         if zero.data_type != onnx.TensorProto.INT8 or values.any():
             raise EngineBuildError(
-                f"{onnx_path}: QuantizeLinear {node.name!r} has a {values.dtype} zero point {values.ravel()[:4].tolist()}; "
-                "TensorRT needs symmetric signed int8 quantization (zero point 0) for activations and weights. "
-                "Quantize with int8 activations, symmetric (export.onnx.quantize_qdq for TensorRT)."
+                f"{onnx_path}: {node.op_type} {node.name!r} has a {values.dtype} zero point {values.ravel()[:4].tolist()}; "
+                f"TensorRT needs symmetric signed int8 quantization (zero point 0) for activations and weights. {fix}"
             )
 
 

@@ -60,6 +60,17 @@ def tiny_generator(num_classes: int = NUM_CLASSES, size=INPUT_SIZE, seed: int = 
     return g.eval()
 
 
+def save_tiny_checkpoint(path: str | Path, size=INPUT_SIZE, seed: int = 0) -> Path:
+    """:func:`tiny_generator` saved as training saves a generator (``path``: a .safetensors file), for tests of
+    ``export``: 'synthetic' as its dataset, so calibration uses the synthetic scenes."""
+    from train.checkpoint import GeneratorInfo, save_generator
+
+    classes = tiny_classes()
+    info = GeneratorInfo(num_classes=len(classes), generator=TINY, image_size=list(size),
+                         class_names=[c.name for c in classes], palette=[c.color for c in classes], dataset="synthetic")
+    return save_generator(path, tiny_generator(size=size, seed=seed), info)
+
+
 def _example_inputs(generator: Generator, size) -> tuple[torch.Tensor, torch.Tensor]:
     label = torch.zeros(2, *size, dtype=torch.int32)
     return label, torch.zeros(2, *generator.noise_shape)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from fake_tensorrt import PLAN_MAGIC, FakeCuda, FakeDevice, make_tensorrt
 from onnx import TensorProto, helper
-from runtime_artifacts import random_label_map, tiny_classes, tiny_generator
+from runtime_artifacts import random_label_map, save_tiny_checkpoint, tiny_classes, tiny_generator
 
 from runtimes import load_predictor
 from runtimes.errors import BackendUnavailable, InputError, PredictorClosed
@@ -470,6 +470,60 @@ def test_tensorrt_needs_symmetric_int8_qdq(tmp_path):
         check_qdq_for_tensorrt(_tiny_onnx(tmp_path / "u8.onnx", "int8", zero_point=(TensorProto.UINT8, 128)))
 
 
+def test_tensorrt_refuses_int32_bias_dequantize(tmp_path):
+    """ONNX Runtime's default Q/DQ dequantizes int32 biases; TensorRT's DequantizeLinear reads int8 only."""
+    from export.tensorrt import check_qdq_for_tensorrt
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [helper.make_tensor("b", TensorProto.INT32, [4], [1, 2, 3, 4]), helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+             helper.make_tensor("z", TensorProto.INT32, [], [0])]
+    nodes = [helper.make_node("DequantizeLinear", ["b", "s", "z"], ["bias"], name="bias_DQ"), helper.make_node("Add", ["x", "bias"], ["y"])]
+    path = tmp_path / "bias.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits)), str(path))
+    with pytest.raises(EngineBuildError, match="'bias_DQ' dequantizes int32 values.*keep biases float"):
+        check_qdq_for_tensorrt(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("trt_ckpt") / "generator_ema.safetensors", SIZE)
+
+
+def test_export_generator_int8_writes_a_qdq_onnx_whose_psnr_holds_in_onnxruntime(tiny_checkpoint, tmp_path, monkeypatch):
+    from calibration import load_calibration_set, psnr
+    from calibration.sets import DEFAULT_SEED
+    from export.api import export_generator
+    from export.tensorrt import check_qdq_for_tensorrt
+    from train.checkpoint import load_generator
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # the same path on a machine that has TensorRT
+    report = export_generator(tiny_checkpoint, "tensorrt", "int8", calib_samples=8, batch=(1, 2, 4), out=tmp_path / "trt",
+                              log=lambda m: None)
+    out = report.out_dir
+    manifest = read_manifest(out, verify=True)
+    assert [f.path for f in manifest.files] == ["model.onnx"] and sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
+    assert manifest.target_options == {"onnx": "model.onnx", "precision": "int8", "onnx_precision": "int8", "batch": [1, 2, 4],
+                                       "opset": 17, "dla_core": None, "workspace_gb": 2.0}
+    assert any("built on the device" in n for n in report.notes)
+
+    model = onnx.load(str(out / "model.onnx"))
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 17)}  # export.onnx honours the opset option
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and detect_onnx_precision(out / "model.onnx") == "int8"
+    check_qdq_for_tensorrt(out / "model.onnx")  # int8, zero points 0, no int32 bias: qdq_for="tensorrt" honoured
+    assert "int8 activations symmetric" in manifest.calibration["method"] and manifest.calibration["held_out"] == 2
+
+    generator, info = load_generator(tiny_checkpoint)  # re-measure: the held-out maps, in onnxruntime
+    held_out = load_calibration_set("synthetic", info.num_classes, SIZE, generator.noise_shape, 8, DEFAULT_SEED).split()[1]
+    with torch.no_grad():
+        reference = generator(torch.from_numpy(held_out.labels), torch.from_numpy(held_out.noise)).numpy()
+    images = onnxruntime_reference(out / "model.onnx", held_out.labels, held_out.noise)
+    assert manifest.quality["samples"] == len(held_out) == 2
+    assert abs(psnr(reference, images) - manifest.quality["psnr_db"]) < 0.5
+    assert manifest.quality["psnr_db"] >= 30.0  # the gate's bar
+
+
 def _stub_onnx_target(seen: dict, onnx_fp32):
     """Stands in for export.onnx in these tests: records the options, writes the FP32 ONNX."""
     import types
@@ -519,19 +573,22 @@ def test_export_request(fake, onnx_fp32, tmp_path, monkeypatch, with_tensorrt):
         assert not (tmp_path / "model.engine").exists()
 
 
-def test_export_from_onnx_without_tensorrt_and_without_torch(onnx_fp32, tmp_path):
-    """On a machine without TensorRT: the artifact is written and says the device builds the engine; no torch."""
-    source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx")
-    out = tmp_path / "trt"
-    code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None\n"
-        "from export.tensorrt import export_from_onnx\n"
-        f"result = export_from_onnx({str(source / 'model.onnx')!r}, {str(out)!r}, batch=(1, 1, 8))\n"
-        "print('\\n'.join(result.notes))\n"
-    )
+@pytest.mark.parametrize("via", ["function", "cli"])
+def test_export_from_onnx_without_tensorrt_and_without_torch(onnx_fp32, tmp_path, via):
+    """On a machine without TensorRT (and without torch): the artifact is written and the output names what is
+    missing and says the device builds the engine; ``python -m export --from`` exits 0."""
+    source, out = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx") / "model.onnx", tmp_path / "trt"
+    call = {
+        "function": "from export.tensorrt import export_from_onnx\n"
+                    f"print('\\n'.join(export_from_onnx({str(source)!r}, {str(out)!r}, batch=(1, 1, 8)).notes))\n",
+        "cli": "from export.__main__ import main\n"
+               f"sys.exit(main(['--target', 'tensorrt', '--from', {str(source)!r}, '--out', {str(out)!r}, '--batch', '1,1,8']))\n",
+    }[via]
+    code = "import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None\n" + call
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "built on the device" in run.stdout and "--from model.onnx" in run.stdout
+    assert "TensorRT's Python package is not installed" in run.stdout and "dp-sims[tensorrt]" in run.stdout
     manifest = read_manifest(out)
     assert manifest.target == "tensorrt" and manifest.precision == "fp32" and manifest.batch == {"min": 1, "opt": 1, "max": 8}
     assert manifest.target_options["onnx_precision"] == "fp32" and [f.path for f in manifest.files] == ["model.onnx"]

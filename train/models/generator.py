@@ -27,11 +27,11 @@ from torch import nn
 from train.config import GeneratorConfig
 
 
-def one_hot_labels(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+def one_hot_labels(label: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[N, H, W] integer ids -> [N, C, H, W] float one-hot, as a comparison with a constant range (exports as
     Equal + Cast). Ids outside 0..C-1 give an all-zero pixel."""
     classes = torch.arange(num_classes, device=label.device, dtype=label.dtype).view(1, num_classes, 1, 1)
-    return (label.unsqueeze(1) == classes).to(torch.float32)
+    return (label.unsqueeze(1) == classes).to(dtype)
 
 
 class Attention(nn.Module):
@@ -189,7 +189,7 @@ class Generator(nn.Module):
         return torch.randn(batch, *self.noise_shape, generator=generator, device=device)
 
     def forward(self, label: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        onehot = one_hot_labels(label, self.num_classes)
+        onehot = one_hot_labels(label, self.num_classes, noise.dtype)  # the weights' dtype (fp16/bf16 exports)
         feats = self.encoder(onehot, noise)
         x = self.head(F.avg_pool2d(onehot, self.stride) if self.stride > 1 else onehot)
         for i, stage in enumerate(self.blocks):
