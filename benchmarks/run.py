@@ -157,8 +157,10 @@ def load_peer(spec: str, num_classes: int, size):
 # ------------------------------------------------------------------------------------------------ main
 
 
-def export_all(name: str, generator, info, specs: list[str], out: Path, calib_samples: int, log) -> dict[str, Path]:
+def export_all(name: str, generator, info, specs: list[str], out: Path, calib_samples: int, log,
+               min_psnr: float = 30.0) -> dict[str, Path]:
     from export.api import export_generator
+    from train.errors import DpSimsError
     from train.checkpoint import save_generator
 
     ckpt = save_generator(out / "checkpoints" / f"{_slug(name)}.safetensors", generator, info)
@@ -168,8 +170,12 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
         target, precision = spec.split(":")
         dest = out / "artifacts" / f"{_slug(name)}-{target}-{precision}"
         log(f"[bench] exporting {name} -> {target} {precision}")
-        report = export_generator(ckpt, target, precision, calib=calib, calib_samples=calib_samples, out=dest,
-                                  overwrite=True, log=lambda m: None, batch=(1, 1, 16))
+        try:
+            report = export_generator(ckpt, target, precision, calib=calib, calib_samples=calib_samples, out=dest,
+                                      overwrite=True, log=lambda m: None, batch=(1, 1, 16), min_psnr=min_psnr)
+        except DpSimsError as e:  # e.g. the INT8 gate: report it and time the rest
+            log(f"[bench] skipped {target} {precision}: {e}")
+            continue
         made[spec] = report.out_dir
     return made
 
@@ -215,7 +221,7 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
 
         record("torch compiled fp32", comp)
 
-    artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log)
+    artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log, args.min_psnr)
     for spec, path in artifacts.items():
         predictor = load_predictor(path, device=args.device)
         quality = predictor.manifest.quality or {}
@@ -294,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--min-psnr", type=float, default=30.0, help="INT8 quality bar of the exports (dB)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
