@@ -114,8 +114,8 @@ def load_model(args: argparse.Namespace):
     if args.checkpoint:
         generator, info = load_generator(args.checkpoint)
         return Path(args.checkpoint).name, generator, info
-    cfg = load_config(args.preset, [])
-    num_classes = args.num_classes or cfg.data.num_classes or 151
+    cfg = load_config(args.preset, [] if "synthetic" in args.preset else ["data.root=."])  # data is not read
+    num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset == "synthetic" else 151)
     torch.manual_seed(0)
     generator = warmed(Generator(num_classes, cfg.model.generator), num_classes, tuple(args.size or cfg.data.image_size))
     size = list(args.size or cfg.data.image_size)

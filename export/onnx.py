@@ -7,7 +7,8 @@
   stay float32 (``onnxruntime.transformers.float16``).
 - int8: ONNX Runtime's static quantizer in QDQ form: int8 symmetric per-channel weights, int8 symmetric activations
   (``qdq_for="tensorrt"``, the form TensorRT reads; the default) or uint8 asymmetric activations
-  (``qdq_for="cpu"``, faster in ONNX Runtime on CPUs), Conv/MatMul/Gemm only. Calibrated on the calibration set
+  (``qdq_for="cpu"``, faster in ONNX Runtime on CPUs), Conv/MatMul/Gemm only; NVIDIA ModelOpt's ONNX PTQ makes
+  the TensorRT form instead where it is installed (``-o quantizer=auto|modelopt|onnxruntime``). Calibrated on the calibration set
   and accuracy-gated (:mod:`export.gate`): below ``min_psnr`` more layers stay float and it tries again.
 """
 
@@ -25,6 +26,7 @@ from export.base import ExportRequest, ExportResult
 from export.gate import ExportQualityError, exclusion_levels, run_gate
 from runtimes._optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
+from train.errors import ConfigError
 
 MODEL = "model.onnx"
 METADATA_KEY = "dp_sims"
@@ -68,15 +70,22 @@ def export(req: ExportRequest) -> ExportResult:
             raise ExportQualityError("INT8 needs calibration data: give --calib (synthetic, a folder of label maps, or a dataset config).")
         calib_part, _ = data.split()
         activations = "int8" if req.options.get("qdq_for", "tensorrt") == "tensorrt" else "uint8"
+        quantizer = choose_quantizer(str(req.options.get("quantizer", "auto")), activations)
+        method = req.options.get("calibrate_method", "minmax")
 
         def attempt(exclude: list[str]) -> tuple[dict[str, Any], Any]:
-            quantize_qdq(fp32_path, path, calib_part, exclude, activations, req.options.get("calibrate_method", "minmax"))
+            if quantizer == "modelopt":
+                quantize_modelopt(fp32_path, path, calib_part, exclude, method)
+            else:
+                quantize_qdq(fp32_path, path, calib_part, exclude, activations, method)
             return compare_images(reference, run_all(session_runner(path), held_out), held_out), None
 
         quality, kept, _ = run_gate(attempt, exclusion_levels(node_names(fp32_path)), req.min_psnr, "onnx int8")
-        calibration = {**calib_part.summary(), "method": f"onnxruntime quantize_static QDQ, {req.options.get('calibrate_method', 'minmax')}, "
-                       f"int8 symmetric per-channel weights, {activations} activations"
-                       + (" symmetric" if activations == "int8" else " asymmetric"), "held_out": len(held_out)}
+        how = ("NVIDIA ModelOpt ONNX PTQ (TensorRT explicit-quantization rules)" if quantizer == "modelopt"
+               else "onnxruntime quantize_static QDQ")
+        calibration = {**calib_part.summary(), "method": f"{how}, {method}, int8 symmetric per-channel weights, "
+                       f"{activations} activations" + (" symmetric, float biases" if activations == "int8" else " asymmetric"),
+                       "held_out": len(held_out)}
     if quality is not None:
         if fp32_check is not None and req.precision != "fp32":
             quality["max_abs_error_fp32_vs_torch"] = round(fp32_check, 8)
@@ -148,6 +157,37 @@ def quantize_qdq(src: Path, dst: Path, data: CalibrationSet, exclude: list[str],
         activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
         op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude, calibrate_method=methods[method],
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
+    )
+
+
+def choose_quantizer(name: str, activations: str) -> str:
+    """'modelopt' or 'onnxruntime'. 'auto': ModelOpt for the TensorRT form where it is installed (the ``tensorrt``
+    extra; it brings onnxruntime-gpu, so it lives in the device's environment), ONNX Runtime otherwise."""
+    import importlib.util
+
+    if name not in ("auto", "modelopt", "onnxruntime"):
+        raise ConfigError(f"-o quantizer must be auto, modelopt or onnxruntime, got {name!r}.")
+    if name == "modelopt" and activations != "int8":
+        raise ConfigError("ModelOpt writes the TensorRT form (int8 activations); drop -o qdq_for=cpu or use -o quantizer=onnxruntime.")
+    if name == "auto":
+        found = importlib.util.find_spec("modelopt") is not None and activations == "int8"
+        return "modelopt" if found else "onnxruntime"
+    return name
+
+
+def quantize_modelopt(src: Path, dst: Path, data: CalibrationSet, exclude: list[str], method: str = "minmax") -> None:
+    """ModelOpt's ONNX PTQ (``modelopt.onnx.quantization.quantize``) of ``src`` into ``dst``: int8 Q/DQ placed by
+    TensorRT's rules, calibrated on the CPU; layers not quantized stay float32 (the graph contract's dtypes)."""
+    mq = require("modelopt.onnx.quantization", "tensorrt", "nvidia-modelopt")
+    from calibration.adapters import modelopt_arrays
+
+    methods = {"minmax": "max", "entropy": "entropy"}
+    if method not in methods:
+        raise ConfigError(f"ModelOpt calibrates with {', '.join(methods)}, not {method!r}.")
+    mq.quantize(
+        onnx_path=str(src), quantize_mode="int8", calibration_data=modelopt_arrays(data),
+        calibration_method=methods[method], calibration_eps=["cpu"], op_types_to_quantize=QUANTIZED_OPS,
+        nodes_to_exclude=list(exclude), output_path=str(dst), high_precision_dtype="fp32", log_level="WARNING",
     )
 
 
