@@ -227,6 +227,15 @@ def _quantize_w8a8(req: ExportRequest) -> tuple[nn.Module, dict[str, Any], dict[
     w8a8 = calibrate_w8a8(req.generator, calib_part, batch_size=int(req.options.get("calib_batch", 8)))
     frozen = freeze_w8a8(w8a8)  # what is converted: measure it, not the fake-quantized module it came from
     quality = _torch_quality(req.generator, frozen, held_out, w8a8.kept_float)
+    psnr = quality.get("psnr_db")
+    if psnr is not None and psnr < req.min_psnr:
+        from export.gate import ExportQualityError
+
+        raise ExportQualityError(
+            f"coreml w8a8: PSNR {psnr:.2f} dB against FP32 on {len(held_out)} held-out maps, below --min-psnr "
+            f"{req.min_psnr:.1f} (kept float: {', '.join(w8a8.kept_float)}). Ship int8 weights (--precision int8) or "
+            "fp16, or calibrate on maps from the training data (--calib, more --calib-samples)."
+        )
     calibration = {
         **calib_part.summary(),
         "held_out": len(held_out),

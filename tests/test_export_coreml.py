@@ -142,6 +142,21 @@ def test_w8a8_quality_is_measured_on_held_out_samples(checkpoint, tmp_path):
     assert quantize_ops  # activations really pass through int8
 
 
+def test_w8a8_below_the_bar_fails_with_its_number(checkpoint, tmp_path):
+    from calibration import load_calibration_set
+    from export.base import ExportRequest
+    from export.coreml import _quantize_w8a8
+    from export.gate import ExportQualityError
+    from train.checkpoint import load_generator
+
+    generator, info = load_generator(checkpoint)
+    calib = load_calibration_set("synthetic", info.num_classes, SIZE, generator.noise_shape, 4)
+    req = ExportRequest(generator=generator, info=info, classes=tiny_classes(), precision="w8a8", out_dir=tmp_path,
+                        input_size=SIZE, noise_shape=generator.noise_shape, calib=calib, min_psnr=150.0)
+    with pytest.raises(ExportQualityError, match=r"PSNR \d+\.\d\d dB .* below --min-psnr 150"):
+        _quantize_w8a8(req)
+
+
 @pytest.mark.slow
 def test_w8a8_export(checkpoint, tmp_path):
     report = _export(checkpoint, tmp_path / "art", "w8a8")
