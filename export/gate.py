@@ -12,7 +12,9 @@ keeps out of INT8 first:
 2. ``+ attention projections and label head``: every q/kv/out projection and the low-resolution head;
 3. ``+ label encoder``: every remaining layer of the label encoder (downsampling, position and lateral convs);
 4. ``+ SPADE modulation``: the convolutions that predict the per-pixel scale and shift;
-5. ``+ finest block``: every layer of the full-resolution residual block.
+5. ``+ finest block``: every layer of the full-resolution residual block;
+
+then, if the bar is still not reached, the worst layers by measured sensitivity (:func:`run_gate`).
 """
 
 from __future__ import annotations
@@ -50,23 +52,67 @@ def exclusion_levels(names: list[str]) -> list[tuple[str, list[str]]]:
     return levels
 
 
+def module_groups(names: list[str], max_groups: int = 12) -> dict[str, list[str]]:
+    """Layers grouped by module path (``/blocks.3.0/norm0/gamma/Conv`` -> ``blocks.3.0/norm0``...), at the deepest
+    level that gives at most ``max_groups`` groups: the units the sensitivity stage measures."""
+    def path(name: str) -> list[str]:
+        return [c for c in name.strip("/").split("/") if c and not c[0].isupper()]  # drop op parts (Conv, MatMul...)
+
+    groups: dict[str, list[str]] = {}
+    for depth in (4, 3, 2, 1):
+        groups = {}
+        for n in names:
+            groups.setdefault("/".join(path(n)[:depth]) or n, []).append(n)
+        if len(groups) <= max_groups:
+            break
+    return groups
+
+
 def run_gate(attempt: Callable[[list[str]], tuple[dict[str, Any], Any]], levels: list[tuple[str, list[str]]],
-             min_psnr: float, what: str, progress: Callable[[str], None] | None = print) -> tuple[dict[str, Any], dict[str, Any], Any]:
+             min_psnr: float, what: str, progress: Callable[[str], None] | None = print,
+             names: list[str] | None = None, max_groups: int = 12) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Try ``attempt(kept_float_names)`` level by level until its quality's ``psnr_db`` >= ``min_psnr``.
 
-    Returns ``(quality, kept, extra)`` where ``kept`` describes the float layers for the manifest."""
-    tried = []
-    for i, (description, names) in enumerate(levels):
-        quality, extra = attempt(names)
+    When every fixed level fails and ``names`` (all quantizable layers) is given, a sensitivity stage follows:
+    each remaining module group is quantized alone (everything else float) and scored, then groups are kept
+    float worst-first, on top of the last level, until the bar is reached. Returns ``(quality, kept, extra)``
+    where ``kept`` describes the float layers for the manifest."""
+    tried: list[str] = []
+
+    def measure(description: str, kept: list[str], step: str) -> tuple[float, dict[str, Any], Any]:
+        quality, extra = attempt(kept)
         value = quality.get("psnr_db")
         value = float("inf") if value is None else float(value)
         tried.append(f"{description}: {value:.2f} dB")
         if progress is not None:
-            progress(f"[{what}] gate step {i + 1}/{len(levels)} ({description}, {len(names)} layers float): "
-                     f"PSNR {value:.2f} dB (bar {min_psnr:.1f})")
+            progress(f"[{what}] gate {step} ({description}, {len(kept)} layers float): PSNR {value:.2f} dB (bar {min_psnr:.1f})")
+        return value, quality, extra
+
+    for i, (description, kept) in enumerate(levels):
+        value, quality, extra = measure(description, kept, f"step {i + 1}/{len(levels)}")
         if value >= min_psnr:
-            kept = {"level": description, "layers": names, "attempts": tried}
-            return quality, kept, extra
+            return quality, {"level": description, "layers": kept, "attempts": tried}, extra
+
+    rest = [n for n in (names or []) if n not in set(levels[-1][1] if levels else [])]
+    if rest:
+        groups = module_groups(rest, max_groups)
+        scores = {}
+        for j, (group, members) in enumerate(groups.items()):
+            quality, _ = attempt([n for n in names if n not in set(members)])
+            value = quality.get("psnr_db")
+            scores[group] = float("inf") if value is None else float(value)
+            if progress is not None:
+                progress(f"[{what}] sensitivity {j + 1}/{len(groups)}: only {group} quantized: {scores[group]:.2f} dB")
+        kept = list(levels[-1][1]) if levels else []
+        added: list[str] = []
+        for group in sorted(groups, key=scores.get)[:-1]:  # all groups float would be no quantization at all
+            kept += groups[group]
+            added.append(group)
+            description = f"+ most sensitive: {', '.join(added)}"
+            value, quality, extra = measure(description, kept, f"sensitivity step {len(added)}")
+            if value >= min_psnr:
+                return quality, {"level": description, "layers": kept, "attempts": tried,
+                                 "sensitivity_db": {g: round(v, 2) for g, v in scores.items()}}, extra
     raise ExportQualityError(
         f"{what}: no quantization reached PSNR {min_psnr:.1f} dB against FP32 ({'; '.join(tried)}). Try more "
         "calibration samples (--calib-samples), calibration maps from the training data (--calib), a lower "

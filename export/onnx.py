@@ -80,7 +80,8 @@ def export(req: ExportRequest) -> ExportResult:
                 quantize_qdq(fp32_path, path, calib_part, exclude, activations, method)
             return compare_images(reference, run_all(session_runner(path), held_out), held_out), None
 
-        quality, kept, _ = run_gate(attempt, exclusion_levels(node_names(fp32_path)), req.min_psnr, "onnx int8")
+        names = node_names(fp32_path)
+        quality, kept, _ = run_gate(attempt, exclusion_levels(names), req.min_psnr, "onnx int8", names=names)
         how = ("NVIDIA ModelOpt ONNX PTQ (TensorRT explicit-quantization rules)" if quantizer == "modelopt"
                else "onnxruntime quantize_static QDQ")
         calibration = {**calib_part.summary(), "method": f"{how}, {method}, int8 symmetric per-channel weights, "

@@ -70,7 +70,7 @@ def export(req: ExportRequest) -> ExportResult:
             ov.save_model(quantized, str(xml), compress_to_fp16=False)
             return compare_images(reference, run_all(compiled_runner(xml), held_out), held_out), None
 
-        quality, kept, _ = run_gate(attempt, exclusion_levels(names), req.min_psnr, "openvino int8")
+        quality, kept, _ = run_gate(attempt, exclusion_levels(names), req.min_psnr, "openvino int8", names=names)
         quality["kept_high_precision"] = kept
         calibration = {**calib_part.summary(), "held_out": len(held_out),
                        "method": f"nncf.quantize ({preset} preset: symmetric int8 weights and activations, "

@@ -462,14 +462,20 @@ def test_gate_failure_lists_every_attempt_and_writes_nothing(tmp_path, checkpoin
         export_generator(checkpoint, "onnx", "int8", calib_samples=4, min_psnr=200.0, out=out, log=quiet)
     message = str(info.value)
     assert "PSNR 200.0 dB" in message
-    attempts = message.split("against FP32 (", 1)[1].split(")", 1)[0].split("; ")
-    assert [a.rsplit(": ", 1)[0] for a in attempts] == [description for description, _ in LEVELS]
+    attempts = message.split("against FP32 (", 1)[1].rsplit("). Try", 1)[0].split("; ")
+    fixed = attempts[: len(LEVELS)]
+    assert [a.rsplit(": ", 1)[0] for a in fixed] == [description for description, _ in LEVELS]
+    # then the sensitivity stage: module groups kept float worst-first, cumulatively
+    later = [a.rsplit(": ", 1)[0] for a in attempts[len(LEVELS):]]
+    assert later and all(d.startswith("+ most sensitive: ") for d in later)
+    assert all(b.startswith(a) for a, b in zip(later, later[1:]))
     values = [float(re.fullmatch(r"(\d+\.\d\d) dB", a.rsplit(": ", 1)[1]).group(1)) for a in attempts]
     assert all(20.0 < v < 200.0 for v in values)  # real measurements of a quantized model, each below the bar
     assert values[-1] >= values[0] - 1.0  # keeping more layers float does not make it much worse
     no_leftovers(tmp_path, out)
     printed = capsys.readouterr().out
     assert printed.count("[onnx int8] gate step") == len(LEVELS)
+    assert printed.count("[onnx int8] gate sensitivity step") == len(later)
 
 
 def test_size_not_a_multiple_of_the_stride(tmp_path, checkpoint):
