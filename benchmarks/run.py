@@ -158,7 +158,7 @@ def load_peer(spec: str, num_classes: int, size):
 
 
 def export_all(name: str, generator, info, specs: list[str], out: Path, calib_samples: int, log,
-               min_psnr: float = 30.0) -> dict[str, Path]:
+               min_psnr: float = 30.0, size=None) -> dict[str, Path]:
     from export.api import export_generator
     from train.errors import DpSimsError
     from train.checkpoint import save_generator
@@ -172,7 +172,8 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
         log(f"[bench] exporting {name} -> {target} {precision}")
         try:
             report = export_generator(ckpt, target, precision, calib=calib, calib_samples=calib_samples, out=dest,
-                                      overwrite=True, log=lambda m: None, batch=(1, 1, 16), min_psnr=min_psnr)
+                                      overwrite=True, log=lambda m: None, batch=(1, 1, 16), min_psnr=min_psnr,
+                                      size=tuple(size) if size else None)
         except DpSimsError as e:  # e.g. the INT8 gate: report it and time the rest
             log(f"[bench] skipped {target} {precision}: {e}")
             continue
@@ -221,7 +222,7 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
 
         record("torch compiled fp32", comp)
 
-    artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log, args.min_psnr)
+    artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log, args.min_psnr, size)
     for spec, path in artifacts.items():
         predictor = load_predictor(path, device=args.device)
         quality = predictor.manifest.quality or {}
