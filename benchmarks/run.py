@@ -8,7 +8,8 @@ generator (and, optionally, of a peer generator through the same backends).
 Everything is timed in one process, one after the other, so the ratios are comparable even on shared machines
 whose absolute timings drift. For each (model, target, precision): median and p90 latency of ``--runs`` calls after
 ``--warmup`` calls at batch 1 and at each ``--batches`` size, images/s, the process's resident memory after
-the runs, PSNR against torch FP32 (the export's own quality report), and GFLOP per image counted with
+the runs, the peak resident memory of the artifact's predictor alone in a child process ("own peak",
+:mod:`benchmarks.predictor_memory`), PSNR against torch FP32 (the export's own quality report), and GFLOP per image counted with
 ``torch.utils.flop_counter`` with the fraction of the device's estimated peak it reaches. Writes
 ``results.json``, ``results.md`` and ``latency.png`` into ``--out``.
 """
@@ -157,11 +158,25 @@ def load_peer(spec: str, num_classes: int, size):
 # ------------------------------------------------------------------------------------------------ main
 
 
+def own_process_memory(path: Path, batch: int, device: str, log) -> dict[str, float] | None:
+    """Peak RSS of this artifact's predictor alone, measured in a child process (benchmarks.predictor_memory)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "benchmarks.predictor_memory", "--model", str(path), "--batch", str(batch),
+           "--device", device]
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as e:
+        log(f"[bench] own-process memory of {path.name} not measured: {type(e).__name__}")
+        return None
+
+
 def export_all(name: str, generator, info, specs: list[str], out: Path, calib_samples: int, log,
                min_psnr: float = 30.0, size=None) -> dict[str, Path]:
     from export.api import export_generator
-    from train.errors import DpSimsError
     from train.checkpoint import save_generator
+    from train.errors import DpSimsError
 
     ckpt = save_generator(out / "checkpoints" / f"{_slug(name)}.safetensors", generator, info)
     calib = "synthetic" if info.dataset == "synthetic" else "blocks"
@@ -194,7 +209,7 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
     def record(label: str, fn_for_batch, psnr=None, size_bytes=None):
         for batch in args.batches:
             label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
-            timing = time_calls(lambda: fn_for_batch(label_np, noise_np), args.runs, args.warmup)
+            timing = time_calls(lambda a=label_np, b=noise_np: fn_for_batch(a, b), args.runs, args.warmup)
             per_image_s = timing["median_ms"] / 1000 / batch
             row = {"model": name, "backend": label, "batch": batch, **{k: round(v, 3) for k, v in timing.items()},
                    "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
@@ -227,9 +242,15 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
         predictor = load_predictor(path, device=args.device)
         quality = predictor.manifest.quality or {}
         size_bytes = sum(f.bytes for f in predictor.manifest.files)
+        first = len(rows)
         record(spec.replace(":", " "), lambda label, noise, p=predictor: p.generate_raw(label, noise=noise),
                quality.get("psnr_db"), size_bytes)
         predictor.close()
+        if args.device == "cpu":
+            for row in rows[first:]:
+                mem = own_process_memory(path, row["batch"], args.device, log)
+                row["own_peak_mib"] = None if mem is None else mem["peak_mib"]
+                row["own_peak_over_base_mib"] = None if mem is None else mem["peak_over_base_mib"]
     return rows
 
 
@@ -246,7 +267,7 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         r["speedup_vs_our_torch_eager"] = round(base_ours / r["median_ms"], 2) if base_ours else None
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     head = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "x torch eager", "PSNR dB", "GFLOP/img",
-            "% peak", "RSS MiB", "size"]
+            "% peak", "RSS MiB", "own peak MiB", "size"]
     lines = [f"# dp-sims benchmark ({meta['device']})", "", f"{meta['when']}, {meta['runs']} runs after "
              f"{meta['warmup']} warm-up calls, one process.", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
@@ -256,7 +277,7 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         lines.append("| " + " | ".join(str(v) for v in [
             r["model"], r["backend"], r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
             r["speedup_vs_torch_eager"], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
-            r["gflop_per_image"], pct, r["rss_mib"], size]) + " |")
+            r["gflop_per_image"], pct, r["rss_mib"], r.get("own_peak_mib") or "-", size]) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     bar_chart([r for r in rows if r["batch"] == rows[0]["batch"]], out / "latency.png")
 
@@ -345,23 +366,23 @@ def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[s
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "peer.onnx"
         export_fp32(peer.eval(), size, onnx_path)
-        runners = {"torch eager fp32": lambda l, n: peer(torch.from_numpy(l), torch.from_numpy(n))}
-        runners["onnx fp32"] = lambda l, n, r=session_runner(onnx_path): r({"label": l, "noise": n})
+        runners = {"torch eager fp32": lambda lab, n: peer(torch.from_numpy(lab), torch.from_numpy(n))}
+        runners["onnx fp32"] = lambda lab, n, r=session_runner(onnx_path): r({"label": lab, "noise": n})
         try:
             import openvino as ov
 
             core = ov.Core()
             default = core.compile_model(str(onnx_path), "CPU")
             f32 = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            runners["openvino fp32"] = lambda l, n, c=f32: c({"label": l, "noise": n})
-            runners["openvino default"] = lambda l, n, c=default: c({"label": l, "noise": n})
+            runners["openvino fp32"] = lambda lab, n, c=f32: c({"label": lab, "noise": n})
+            runners["openvino default"] = lambda lab, n, c=default: c({"label": lab, "noise": n})
         except ImportError:
             pass
         for label, fn in runners.items():
             for batch in args.batches:
                 label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
                 with torch.no_grad():
-                    timing = time_calls(lambda: fn(label_np, noise_np), args.runs, args.warmup)
+                    timing = time_calls(lambda f=fn, a=label_np, b=noise_np: f(a, b), args.runs, args.warmup)
                 per_image_s = timing["median_ms"] / 1000 / batch
                 rows.append({"model": f"peer {name}", "backend": label, "batch": batch,
                              **{k: round(v, 3) for k, v in timing.items()}, "images_per_s": round(1 / per_image_s, 2),

@@ -39,7 +39,7 @@ QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
 def export(req: ExportRequest) -> ExportResult:
-    onnx = require("onnx", "onnx")
+    require("onnx", "onnx")
     require("onnxruntime", "onnx")
     if req.precision not in PRECISIONS:
         raise ValueError(f"The onnx target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")

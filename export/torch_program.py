@@ -10,7 +10,6 @@ from torch import nn
 
 from calibration import compare_images, run_all, torch_runner
 from export.base import ExportRequest, ExportResult
-from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 
 MODEL = "model.pt2"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -25,7 +25,15 @@ from runtimes import imaging
 from runtimes.backends import BACKENDS, open_backend
 from runtimes.backends.base import Backend
 from runtimes.errors import InputError, ManifestError, PredictorClosed
-from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, ClassInfo, Manifest, manifest_path, read_manifest
+from runtimes.spec import (
+    INPUT_LABEL,
+    INPUT_NOISE,
+    OUTPUT_IMAGE,
+    ClassInfo,
+    Manifest,
+    manifest_path,
+    read_manifest,
+)
 
 LabelMap = Any  # np.ndarray | PIL.Image.Image | str | os.PathLike | Sequence of those (one per map)
 

@@ -238,3 +238,143 @@ def test_cli_with_fid_weights_end_to_end(checkpoint, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["features"]["standard"] is False and report["metrics"]["fid"]["mean"] >= 0
     assert "not the standard FID Inception file" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ identity segmenter
+
+
+class PaletteSegmenter:
+    """The 'identity' segmenter: reads each pixel's class back from its palette colour (nearest colour)."""
+
+    path = Path("palette")
+
+    def __init__(self, palette):
+        self.palette = np.asarray(palette, np.int32)
+
+    def num_classes(self) -> int:
+        return len(self.palette)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        d = ((images[..., None, :].astype(np.int32) - self.palette) ** 2).sum(-1)
+        return d.argmin(-1).astype(np.int64)
+
+
+def palette_source(palette, size, num_classes: int, shift: int = 0) -> ev.ImageSource:
+    """A 'generator' that paints each map in its palette colours, of the map ``shift`` places further on."""
+    colours = np.asarray(palette, np.float32) / 127.5 - 1.0
+
+    def generate(labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return np.moveaxis(colours[np.roll(labels, shift, axis=0)], -1, 1)
+
+    return ev.ImageSource(kind="checkpoint", path=Path(f"palette-shift{shift}"), num_classes=num_classes, size=size,
+                          noise_shape=(2,), generate=generate, default_out=Path("unused.json"))
+
+
+def test_identity_segmenter_gives_miou_one_and_less_on_shuffled_maps(data_cfg):
+    evaluation = ev.Evaluation(data_cfg, seeds=1, segmenter=None, log=quiet)
+    palette = evaluation.dataset.scenes.palette
+    evaluation.segmenter, evaluation.segmenter_name = PaletteSegmenter(palette), "palette"
+    size, k = evaluation.size, evaluation.dataset.num_classes
+    exact = evaluation(palette_source(palette, size, k))["metrics"]["miou"]["mean"]
+    shuffled = evaluation(palette_source(palette, size, k, shift=3))["metrics"]["miou"]["mean"]
+    assert exact == pytest.approx(1.0)
+    assert shuffled < 0.8
+
+
+# ------------------------------------------------------------------------------------------ random features
+
+
+def test_random_inception_fid_is_zero_on_itself_and_grows_with_blur_and_noise():
+    from train.eval_metrics import RandomInception
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(10, 8, 8, 3), dtype=np.uint8).repeat(4, 1).repeat(4, 2)  # blocky images
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(base).permute(0, 3, 1, 2).float(), 5, 1, 2)
+    blurred = blurred.round().byte().permute(0, 2, 3, 1).numpy()
+    noised = np.clip(base.astype(np.int16) + rng.integers(-60, 61, base.shape), 0, 255).astype(np.uint8)
+    net = RandomInception()
+    f = extract_features(net, base)
+    assert torch.equal(f, extract_features(RandomInception(), base))  # deterministic: fixed seed and calibration
+    same = fid_kid(f, f)["fid"]
+    blur, noise = fid_kid(f, extract_features(net, blurred))["fid"], fid_kid(f, extract_features(net, noised))["fid"]
+    assert abs(same) < 1e-3 * max(blur, noise)
+    assert blur > 0 and noise > 0
+
+
+# ------------------------------------------------------------------------------------------ torch segmenters
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_torch_segmenters_match_their_modules(tmp_path):
+    """TorchScript, torch.export and torchvision-architecture segmenters predict what their module predicts."""
+    from train.eval_metrics import TorchSegmenter, open_segmenter
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 1)).eval()
+    ts = tmp_path / "seg.ts"
+    torch.jit.trace(net, torch.zeros(1, 3, 32, 32)).save(str(ts))
+    onnx = tmp_path / "seg.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(onnx), dynamic_axes={"x": {0: "n"}}, input_names=["x"],
+                      opset_version=17, dynamo=False)
+    from_ts = open_segmenter(ts, 5).predict(images)
+    assert isinstance(open_segmenter(ts, 5), TorchSegmenter)
+    assert (from_ts == open_segmenter(onnx, 5).predict(images)).mean() > 0.999
+    pt2 = tmp_path / "seg.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 32, 32),),
+                                          dynamic_shapes=({0: torch.export.Dim("n", min=1, max=64)},)), str(pt2))
+    assert np.array_equal(open_segmenter(pt2, 5).predict(images), from_ts)
+
+    tv = pytest.importorskip("torchvision.models.segmentation")
+    model = tv.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5).eval()
+    weights = tmp_path / "lraspp.pth"
+    torch.save(model.state_dict(), str(weights))
+    seg = open_segmenter("torchvision:lraspp_mobilenet_v3_large", 5, weights)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        expected = model(x)["out"].argmax(1).numpy()
+    assert np.array_equal(seg.predict(images), expected)
+
+    with pytest.raises(EvaluationError, match="does not fit"):
+        open_segmenter("torchvision:lraspp_mobilenet_v3_large", 7, weights)
+    with pytest.raises(EvaluationError, match="needs --segmenter-weights"):
+        open_segmenter("torchvision:lraspp_mobilenet_v3_large", 5)
+    with pytest.raises(EvaluationError, match="no segmentation model"):
+        open_segmenter("torchvision:resnet50", 5, weights)
+    with pytest.raises(EvaluationError, match="not a TorchScript file"):
+        open_segmenter(weights, 5)
+
+
+# ------------------------------------------------------------------------------------------ several sources
+
+
+def test_several_sources_side_by_side_and_compare_mode(checkpoint, artifact, tmp_path, capsys):
+    out = tmp_path / "side.json"
+    argv = ["--run", str(checkpoint), "--model", str(artifact), *CLI_DATA, "--seeds", "2", "--limit", "4", "--out", str(out),
+            "--random-features"]
+    assert ev.main(argv) == 0
+    printed = capsys.readouterr().out
+    reports = json.loads(out.read_text())
+    assert [r["source"]["kind"] for r in reports] == ["checkpoint", "artifact"]
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert table[0] == ev.MARKDOWN_HEADER and len(table) == 5  # header, rule, two sources, real images
+    assert table[2].startswith("| checkpoint EMA") and table[3].startswith("| onnx fp32") and table[4].startswith("| real")
+    assert "\n".join(table) in printed
+    # the checkpoint and its FP32 export draw the same pictures: same label consistency in the table
+    lc = [r["metrics"]["label_consistency"]["mean"] for r in reports]
+    assert abs(lc[0] - lc[1]) < 1e-3
+    fid = [r["metrics"]["fid"]["mean"] for r in reports]  # random-init features, labelled as such
+    assert fid[0] > 0 and abs(fid[0] - fid[1]) < 1e-3 * fid[0]
+    assert all(r["features"]["random_init"] for r in reports) and "RANDOM-INIT" in table[2] and "NOT comparable" in printed
+    each = [Path(checkpoint).parent / "eval.json", Path(artifact) / "eval.json"]
+    assert all(p.exists() for p in each)
+
+    combined = tmp_path / "again.json"
+    assert ev.main(["--compare", *map(str, each), "--out", str(combined)]) == 0
+    assert combined.with_suffix(".md").read_text().splitlines()[2:4] == table[2:4]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert ev.main(["--compare", str(bad)]) == 2
+    assert "not a report" in capsys.readouterr().err
+    assert ev.main(["--compare", str(each[0]), "--run", str(checkpoint)]) == 2

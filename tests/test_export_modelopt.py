@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from runtime_artifacts import save_tiny_checkpoint
 
 from export.api import export_generator
-from runtime_artifacts import save_tiny_checkpoint
 from train.errors import ConfigError
 
 

@@ -5,11 +5,14 @@
   the TensorFlow 2015-12-05 graph that every published FID uses). Its weights are never downloaded: give the file
   (:data:`INCEPTION_URL`) with ``--fid-weights``. Features are extracted once per image and fed to both metrics,
   so any feature extractor ``uint8 [N, 3, H, W] -> float [N, D]`` can stand in (the tests inject a tiny one).
+  :class:`RandomInception` is the labelled stand-in where no weights file exists: relative numbers only.
 - The weights file is read without unpickling code: a ``.safetensors`` file, or a ``.pth`` state dict read with
   ``torch.load(weights_only=True)``. (torch-fidelity itself would unpickle the file with ``weights_only=False``;
   it is handed a copy re-saved from the checked tensors instead.)
-- :class:`OnnxSegmenter`: an ONNX segmentation model run in onnxruntime, for the mIoU of generated images on real
-  datasets (see its docstring for the accepted graph).
+- :func:`open_segmenter`: the segmentation network for the mIoU of generated images on real datasets: an ONNX
+  file (onnxruntime), a TorchScript file, or a torchvision segmentation architecture with a state-dict file; all
+  share one pre/post-processing (:class:`Segmenter`). The literature's networks (UperNet-101 for ADE20K,
+  DeepLabV2 for COCO-Stuff, DRN-D-105 for Cityscapes) plug in by exporting them to ONNX or TorchScript.
 - :func:`pixel_diversity`: mean pairwise absolute difference between the images of different seeds.
 """
 
@@ -57,11 +60,13 @@ def sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------------------ Inception
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, without unpickling code: safetensors, or a weights-only torch state dict."""
+def read_state_dict(path: str | Path, hint: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, without unpickling code: safetensors, or a weights-only torch state dict.
+    ``hint`` ends the error messages (default: where to get the FID Inception weights)."""
     path = Path(path)
+    hint = fid_weights_hint() if hint is None else hint
     if not path.is_file():
-        raise EvaluationError(f"{path} does not exist. {fid_weights_hint()}")
+        raise EvaluationError(f"{path} does not exist. {hint}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -72,12 +77,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - any reader failure means "not a weights file"
         raise EvaluationError(
             f"{path} is not a readable weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            f"Give a .safetensors file or a .pth state dict of tensors. {fid_weights_hint()}"
+            f"Give a .safetensors file or a .pth state dict of tensors. {hint}"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EvaluationError(f"{path} does not hold a state dict of tensors. {fid_weights_hint()}")
+        raise EvaluationError(f"{path} does not hold a state dict of tensors. {hint}")
     return state
 
 
@@ -102,6 +107,61 @@ def load_inception(path: str | Path) -> torch.nn.Module:
                 f"{path} does not fit the FID Inception-v3 ({str(e).splitlines()[0]}). {fid_weights_hint()}"
             ) from None
     return model.eval()
+
+
+RANDOM_FEATURES_NAME = "RANDOM-INIT inception-v3 (torchvision, seed 0, BN statistics of the real set)"
+RANDOM_FEATURES_NOTE = (
+    "FID/KID use a randomly initialised Inception-v3 (no weights file): they rank sources measured on the same "
+    "validation set against each other (e.g. a checkpoint vs its FP32 and INT8 artifacts) but are NOT comparable "
+    "to any published FID."
+)
+
+
+class RandomInception(torch.nn.Module):
+    """A randomly initialised torchvision Inception-v3 as a deterministic 2048-d feature extractor.
+
+    For FID where no weights file exists (tests, the synthetic preset, comparing artifacts of one model). The
+    weights come from a fixed seed with He initialisation. Random weights still let activations drift by orders of
+    magnitude over 90 layers, so the batch-norm statistics are set once from ``calib_images`` (uint8 [N, H, W, 3], the first 32 are
+    used; the real validation images in ``train.evaluate``), or from smooth noise when none are given: the
+    features then stay well scaled on that data and respond to blur, noise and colour changes. Input: uint8
+    [N, 3, H, W], resized to 299x299 and ImageNet-normalised."""
+
+    def __init__(self, seed: int = 0, calib_images: np.ndarray | None = None, max_calib: int = 32):
+        super().__init__()
+        from torchvision.models import inception_v3
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
+            for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):
+                # He init keeps the activation scale through the ReLU stack; torchvision's fixed-std init
+                # (std 0.1 whatever the fan-in) is chaotic: tiny input changes blow up into huge feature distances
+                torch.nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+            noise = (torch.rand(8, 3, 16, 16) * 255).round().byte()
+        net.fc = torch.nn.Identity()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        if calib_images is not None and len(calib_images):
+            calib = torch.from_numpy(np.ascontiguousarray(calib_images[:max_calib])).permute(0, 3, 1, 2)
+        else:
+            calib = noise
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: one pass sets the statistics of the calibration batch
+        net.train()
+        with torch.no_grad():
+            net(self._prepare(calib))
+        self.eval()
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x.float() / 255.0, size=(299, 299), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._prepare(x))
 
 
 @torch.no_grad()
@@ -157,23 +217,71 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subsets: int = 100, kid_
 # ------------------------------------------------------------------------------------------ segmenter
 
 
-class OnnxSegmenter:
-    """A semantic segmentation model in ONNX, run in onnxruntime on the CPU.
+SEGMENTER_HELP = (
+    "an ONNX file, a torch.export file (.pt2), a TorchScript file (.pt/.ts), or torchvision:NAME with --segmenter-weights FILE (e.g. "
+    "torchvision:deeplabv3_resnet101 fine-tuned on the dataset); input float [N,3,H,W] RGB in [0,1] normalised by the "
+    "ImageNet mean/std, output [N,C,H,W] logits (or a dict with 'out') in the dataset's class numbering"
+)
 
-    Accepted graph: one input, float32 ``[N, 3, H, W]`` RGB images scaled to [0, 1] and normalised by the
-    ImageNet mean/std; first output ``[N, C, h, w]`` class logits (or scores) in the dataset's own contiguous class
-    numbering, ``C`` = the dataset's number of classes. N may be fixed or dynamic; a fixed H, W other than the
-    images' gets the images resized (bilinear) to it; logits of another size are resized (bilinear) to the label
-    maps before the argmax. Any model (timm backbone + decoder, mmseg, ...) exported this way fits."""
+
+class Segmenter:
+    """A semantic segmentation model applied to uint8 images: ``predict(uint8 [N, H, W, 3]) -> int64 [N, H, W]``.
+
+    Shared pre/post-processing: RGB scaled to [0, 1] and normalised by the ImageNet mean/std, resized (bilinear)
+    to a fixed input size when the model has one; logits of another size are resized (bilinear) to the label
+    maps before the argmax. Subclasses give ``_logits(float [n, 3, h, w]) -> [n, C, h', w']``."""
+
+    path: Path
+    batch: int = 16
+    fixed_batch: bool = False
+    size: tuple[int, int] | None = None
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def num_classes(self) -> int | None:
+        return None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import torch.nn.functional as F
+
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        h, w = images.shape[1:3]
+        out = []
+        for i in range(0, len(images), self.batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch])).permute(0, 3, 1, 2).float() / 255.0
+            real_n = len(x)
+            if self.size is not None and tuple(x.shape[2:]) != self.size:
+                x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+            x = (x - mean) / std
+            if self.fixed_batch and real_n < self.batch:  # pad the last chunk
+                x = torch.cat([x, x[-1:].expand(self.batch - real_n, -1, -1, -1)])
+            logits = self._logits(x)
+            if isinstance(logits, dict):  # torchvision segmentation models
+                logits = logits["out"]
+            logits = torch.as_tensor(logits)[:real_n]
+            if logits.ndim != 4:
+                raise EvaluationError(f"Segmenter {self.path} must output [N, C, H, W] logits, got shape {tuple(logits.shape)}.")
+            if tuple(logits.shape[2:]) != (h, w):
+                logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+            out.append(logits.argmax(1).cpu().numpy().astype(np.int64))
+        return np.concatenate(out)
+
+
+class OnnxSegmenter(Segmenter):
+    """An ONNX segmentation model run in onnxruntime on the CPU: one input float32 ``[N, 3, H, W]``, first output
+    ``[N, C, h, w]`` logits; N may be fixed or dynamic (a fixed N pads the last chunk), H and W fixed or dynamic.
+    Any model (timm backbone + decoder, mmseg, ...) exported this way fits."""
 
     def __init__(self, path: str | Path, threads: int = 0):
         path = Path(path)
         if not path.is_file():
-            raise EvaluationError(f"Segmenter {path} does not exist; give an ONNX file (see `--help` for its graph).")
+            raise EvaluationError(f"Segmenter {path} does not exist; give {SEGMENTER_HELP}.")
         try:
             import onnxruntime as ort
         except ImportError:
-            raise EvaluationError("--segmenter needs onnxruntime: pip install 'dp-sims[onnx]'.") from None
+            raise EvaluationError("An ONNX --segmenter needs onnxruntime: pip install 'dp-sims[onnx]'.") from None
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -192,33 +300,94 @@ class OnnxSegmenter:
         self.size = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
         self.path = path
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] -> int64 class ids [N, H, W]."""
-        import torch.nn.functional as F
-
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        h, w = images.shape[1:3]
-        out = []
-        for i in range(0, len(images), self.batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch])).permute(0, 3, 1, 2).float() / 255.0
-            real_n = len(x)
-            if self.size is not None and tuple(x.shape[2:]) != self.size:
-                x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-            x = (x - mean) / std
-            if self.fixed_batch and real_n < self.batch:  # pad the last chunk
-                x = torch.cat([x, x[-1:].expand(self.batch - real_n, -1, -1, -1)])
-            logits = torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: x.numpy()})[0]))[:real_n]
-            if logits.ndim != 4:
-                raise EvaluationError(f"Segmenter {self.path} must output [N, C, H, W] logits, got shape {tuple(logits.shape)}.")
-            if tuple(logits.shape[2:]) != (h, w):
-                logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-            out.append(logits.argmax(1).numpy().astype(np.int64))
-        return np.concatenate(out)
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: x.numpy()})[0]))
 
     def num_classes(self) -> int | None:
         c = self.session.get_outputs()[0].shape
         return c[1] if len(c) == 4 and isinstance(c[1], int) else None
+
+
+class TorchSegmenter(Segmenter):
+    """A torch segmentation module: a TorchScript file, or a torchvision segmentation architecture
+    (``torchvision:NAME``, built with the dataset's class count) with the weights of a state-dict file."""
+
+    def __init__(self, module: torch.nn.Module, path: Path, device: str = "cpu"):
+        self.module = module.to(device)
+        if hasattr(self.module, "eval"):
+            try:
+                self.module.eval()
+            except NotImplementedError:  # an exported program's module: already in inference form
+                pass
+        self.device = device
+        self.path = path
+
+    @classmethod
+    def torchscript(cls, path: str | Path, device: str = "cpu") -> TorchSegmenter:
+        path = Path(path)
+        if not path.is_file():
+            raise EvaluationError(f"Segmenter {path} does not exist; give {SEGMENTER_HELP}.")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - any loader failure means "not a TorchScript file"
+            raise EvaluationError(
+                f"Segmenter {path} is not a TorchScript file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                f"save one with torch.jit.script(model).save(path) or torch.jit.trace."
+            ) from None
+        return cls(module, path, device)
+
+    @classmethod
+    def exported(cls, path: str | Path, device: str = "cpu") -> TorchSegmenter:
+        """A ``torch.export`` program saved with ``torch.export.save`` (.pt2)."""
+        path = Path(path)
+        if not path.is_file():
+            raise EvaluationError(f"Segmenter {path} does not exist; give {SEGMENTER_HELP}.")
+        try:
+            module = torch.export.load(str(path)).module()
+        except Exception as e:  # noqa: BLE001 - any loader failure means "not an exported program"
+            raise EvaluationError(f"Segmenter {path} is not a torch.export program ({type(e).__name__}); save one "
+                                  f"with torch.export.save(torch.export.export(model, (example,)), path).") from None
+        return cls(module, path, device)
+
+    @classmethod
+    def torchvision(cls, name: str, weights: str | Path | None, num_classes: int, device: str = "cpu") -> TorchSegmenter:
+        from torchvision.models import get_model, list_models, segmentation
+
+        if weights is None:
+            raise EvaluationError(f"--segmenter torchvision:{name} needs --segmenter-weights FILE (its state dict "
+                                  f"trained on the dataset's {num_classes} classes).")
+        names = list_models(module=segmentation)
+        if name not in names:
+            raise EvaluationError(f"torchvision has no segmentation model {name!r}; choose one of {', '.join(names)}.")
+        state = read_state_dict(weights, hint=f"Give the state dict of torchvision's {name} trained on the dataset.")
+        aux = any(k.startswith("aux_classifier.") for k in state)
+        module = get_model(name, weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as e:
+            raise EvaluationError(f"{weights} does not fit torchvision's {name} with {num_classes} classes "
+                                  f"({str(e).splitlines()[0]}).") from None
+        return cls(module, Path(weights), device)
+
+    @torch.no_grad()
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x.to(self.device))
+        return {k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict) else out.float().cpu()
+
+
+def open_segmenter(spec: str | Path, num_classes: int, weights: str | Path | None = None, device: str = "cpu") -> Segmenter:
+    """The segmenter named by ``--segmenter`` (see :data:`SEGMENTER_HELP`)."""
+    text = str(spec)
+    if text.startswith("torchvision:"):
+        return TorchSegmenter.torchvision(text.split(":", 1)[1], weights, num_classes, device)
+    if weights is not None:
+        raise EvaluationError("--segmenter-weights goes with --segmenter torchvision:NAME; ONNX and TorchScript "
+                              "files carry their weights.")
+    if Path(text).suffix.lower() == ".onnx":
+        return OnnxSegmenter(text)
+    if Path(text).suffix.lower() == ".pt2":
+        return TorchSegmenter.exported(text, device)
+    return TorchSegmenter.torchscript(text, device)
 
 
 # ------------------------------------------------------------------------------------------ diversity

@@ -1,30 +1,39 @@
-"""``python -m train.evaluate``: FID, KID, mIoU and diversity of a generator on a validation set.
+"""``python -m train.evaluate``: FID, KID, mIoU and diversity of generators on a validation set.
 
     python -m train.evaluate --run RUN_DIR [--data PRESET_OR_YAML] [--set key=value ...]
     python -m train.evaluate --model ARTIFACT_DIR --data PRESET_OR_YAML
-        [--fid-weights weights-inception-2015-12-05-6726825d.pth] [--segmenter seg.onnx]
+        [--fid-weights weights-inception-2015-12-05-6726825d.pth | --random-features]
+        [--segmenter seg.onnx | seg.ts | torchvision:NAME --segmenter-weights FILE]
         [--seeds 3] [--limit N] [--batch-size 16] [--device auto] [--out report.json]
+    python -m train.evaluate --run RUN --model FP32_DIR --model INT8_DIR ...   # side by side
+    python -m train.evaluate --compare a/eval.json b/eval.json [--out table.json]
 
 The images come either from the EMA generator of a run, checkpoint folder or generator file (``--run``), or from
 an exported artifact through ``runtimes.load_predictor(dir).generate_raw`` (``--model``), so that an INT8
 artifact's drift is measured by the very same code as its FP32 checkpoint. Every label map of the validation
 split (``--limit``: the first N) is generated once per seed 0..S-1; seed ``s`` draws the noise of the whole set
 as ``numpy.random.default_rng(s).standard_normal((N, *noise_shape), float32)``, image ``i`` taking row ``i``
-(so ``--limit`` keeps the noise of the images it keeps, and both sources see the same noise).
+(so ``--limit`` keeps the noise of the images it keeps, and both sources see the same noise). Several sources in
+one command share the real images, their features and the segmenter (:class:`Evaluation`).
 
 Metrics (per seed, then mean and std over seeds):
 
 - ``fid`` / ``kid``: generated vs real validation images, Inception-v3 pool features (torchmetrics); needs
-  ``--fid-weights`` (see :mod:`train.eval_metrics`), skipped with a message otherwise;
+  ``--fid-weights`` (see :mod:`train.eval_metrics`), or ``--random-features`` for a random-init Inception whose
+  numbers only rank the sources of one evaluation (labelled so in the report and table); skipped otherwise;
 - ``label_consistency``: synthetic data only, the mIoU of the dataset's fixed classifier on the generated images
   against their label maps (:func:`train.metrics.label_consistency`); ``real`` is the same on the real images;
-- ``miou``: with ``--segmenter FILE.onnx`` (graph: :class:`train.eval_metrics.OnnxSegmenter`), the segmenter's
-  mIoU on the generated images, pooled over the set, the dataset's ignore id left out; ``real``: on the real ones;
+- ``miou``: with ``--segmenter`` (:func:`train.eval_metrics.open_segmenter`: ONNX, TorchScript or a torchvision
+  segmentation model + weights), the segmenter's mIoU on the generated images, pooled over the set, the dataset's
+  ignore id left out; ``real``: on the real ones;
 - ``pixel_diversity``: mean absolute difference in [0, 1] between the images of two seeds, over all seed pairs.
   LPIPS diversity is not computed: torchmetrics' LPIPS downloads its backbone weights.
 
 It prints a table and writes the JSON report to ``--out`` (default: ``eval.json`` in the run folder, beside the
-generator file, or in the artifact folder). Errors in the user's input exit with code 2 and one message.
+generator file, or in the artifact folder) with its markdown row beside it (``.md``: source, data, size, maps x
+seeds, metrics, features, library versions). With several sources each gets its own ``eval.json`` and the
+side-by-side table goes to ``eval-compare.json``/``.md`` beside the first. Errors in the user's input exit with
+code 2 and one message.
 """
 
 from __future__ import annotations
@@ -141,117 +150,175 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": float(arr.std()), "per_seed": [float(v) for v in arr]}
 
 
-def evaluate(
-    source: ImageSource,
-    data_cfg,
-    *,
-    seeds: int = 3,
-    limit: int | None = None,
-    fid_weights: str | Path | None = None,
-    segmenter: str | Path | None = None,
-    feature_extractor: Callable | None = None,
-    feature_name: str = "custom",
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Generate the validation set ``seeds`` times and measure it (module docstring); returns the report dict.
+class Evaluation:
+    """The validation set, the feature extractor and the segmenter, opened once and applied to several sources
+    (a checkpoint and its artifacts are measured against the same real images, features and segmenter).
 
     ``feature_extractor``: use this ``uint8 [N, 3, H, W] torch tensor -> [N, D]`` instead of the Inception-v3 of
-    ``fid_weights`` (tests, or another feature space: the report names it ``feature_name``)."""
-    from train.eval_metrics import (
-        INCEPTION_SHA256_PREFIX,
-        OnnxSegmenter,
-        extract_features,
-        fid_kid,
-        fid_weights_hint,
-        load_inception,
-        pixel_diversity,
-        sha256,
-    )
-    from train.metrics import label_consistency, miou, to_uint8_nhwc
+    ``fid_weights`` (tests, or another feature space: the report names it ``feature_name``); ``random_features``:
+    a randomly initialised Inception-v3 (:class:`train.eval_metrics.RandomInception`), labelled as such."""
 
-    started = time.perf_counter()
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {limit}.")
-    size = (int(data_cfg.image_size[0]), int(data_cfg.image_size[1]))
-    if size != tuple(source.size):
-        raise ConfigError(
-            f"The data config gives {size[0]}x{size[1]} images, the {source.kind} makes {source.size[0]}x{source.size[1]}: "
-            f"evaluate at the model's size with --set data.image_size=[{source.size[0]},{source.size[1]}]."
+    def __init__(
+        self,
+        data_cfg,
+        *,
+        seeds: int = 3,
+        limit: int | None = None,
+        fid_weights: str | Path | None = None,
+        random_features: bool = False,
+        segmenter: Any = None,
+        segmenter_weights: str | Path | None = None,
+        feature_extractor: Callable | None = None,
+        feature_name: str = "custom",
+        log: Callable[[str], None] = print,
+    ):
+        from train.eval_metrics import (
+            INCEPTION_SHA256_PREFIX,
+            RANDOM_FEATURES_NAME,
+            RANDOM_FEATURES_NOTE,
+            RandomInception,
+            Segmenter,
+            fid_weights_hint,
+            load_inception,
+            open_segmenter,
+            sha256,
         )
-    # the Inception and the segmenter are opened before the slow part, so that a bad file fails at once
-    skipped: dict[str, str] = {}
-    extractor, feature_info = feature_extractor, None
-    if extractor is None and fid_weights is not None:
-        extractor = load_inception(fid_weights)
-        digest = sha256(Path(fid_weights))
-        feature_name = "inception-v3-compat pool3 (2048)"
-        feature_info = {"weights": str(fid_weights), "sha256": digest, "standard": digest.startswith(INCEPTION_SHA256_PREFIX)}
-        if not feature_info["standard"]:
-            log(f"[eval] warning: {fid_weights} is not the standard FID Inception file; FIDs are not comparable to published ones.")
-    elif extractor is None:
-        skipped["fid"] = skipped["kid"] = "FID and KID skipped: no --fid-weights. " + fid_weights_hint()
-    seg = OnnxSegmenter(segmenter) if segmenter is not None else None
 
-    dataset, real, labels = load_val_set(data_cfg, limit)
-    n = len(labels)
-    if dataset.num_classes != source.num_classes:
-        raise ConfigError(
-            f"The data config has {dataset.num_classes} classes, the {source.kind} {source.num_classes}: give the "
-            f"data config the model was trained on (--data, --set data.num_classes=...)."
-        )
-    if seg is not None and seg.num_classes() not in (None, dataset.num_classes):
-        raise ConfigError(f"The segmenter {segmenter} predicts {seg.num_classes()} classes, the data has {dataset.num_classes}.")
-    log(f"[eval] {source.kind} {source.path}: {n} validation maps of {dataset.name} x {seeds} seeds")
+        if seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {limit}.")
+        if fid_weights is not None and random_features:
+            raise ConfigError("Give either --fid-weights (the standard Inception) or --random-features, not both.")
+        self.data_cfg, self.seeds, self.limit, self.log = data_cfg, seeds, limit, log
+        self.size = (int(data_cfg.image_size[0]), int(data_cfg.image_size[1]))
+        # the Inception and the segmenter are opened before the slow part, so that a bad file fails at once
+        self.skipped: dict[str, str] = {}
+        self.extractor, self.feature_name, self.feature_info = feature_extractor, feature_name, None
+        if self.extractor is None and fid_weights is not None:
+            self.extractor = load_inception(fid_weights)
+            digest = sha256(Path(fid_weights))
+            self.feature_name = "inception-v3-compat pool3 (2048)"
+            self.feature_info = {"weights": str(fid_weights), "sha256": digest,
+                                 "standard": digest.startswith(INCEPTION_SHA256_PREFIX)}
+            if not self.feature_info["standard"]:
+                log(f"[eval] warning: {fid_weights} is not the standard FID Inception file; FIDs are not comparable to published ones.")
+        elif self.extractor is None and random_features:
+            pass  # built below, once the real images are loaded
+        elif self.extractor is None:
+            self.skipped["fid"] = self.skipped["kid"] = (
+                "FID and KID skipped: no --fid-weights (or --random-features for unpublishable relative numbers). "
+                + fid_weights_hint())
 
-    fakes: list[np.ndarray] = []
-    for s in range(seeds):
-        t0 = time.perf_counter()
-        fakes.append(to_uint8_nhwc(source.generate(labels, seed_noise(s, n, source.noise_shape))))
-        log(f"[eval] seed {s}: generated {n} images in {time.perf_counter() - t0:.1f} s")
+        self.dataset, self.real, self.labels = load_val_set(data_cfg, limit)
+        k = self.dataset.num_classes
+        if segmenter is None or isinstance(segmenter, Segmenter):
+            self.segmenter, self.segmenter_name = segmenter, None if segmenter is None else str(segmenter.path)
+        else:
+            self.segmenter, self.segmenter_name = open_segmenter(segmenter, k, segmenter_weights), str(segmenter)
+        if self.segmenter is not None and self.segmenter.num_classes() not in (None, k):
+            raise ConfigError(f"The segmenter {segmenter} predicts {self.segmenter.num_classes()} classes, the data has {k}.")
+        if self.extractor is None and random_features:  # batch-norm statistics from the real images of this set
+            self.extractor, self.feature_name = RandomInception(calib_images=self.real), RANDOM_FEATURES_NAME
+            self.feature_info = {"standard": False, "random_init": True, "note": RANDOM_FEATURES_NOTE,
+                                 "calibrated_on": f"first {min(len(self.real), 32)} real validation images"}
+        self._real_features = None
+        self._real_miou: float | None = None
 
-    metrics: dict[str, Any] = {}
-    if extractor is not None:
-        real_f = extract_features(extractor, real)
-        per = [fid_kid(real_f, extract_features(extractor, f)) for f in fakes]
-        metrics["fid"] = _stats([p["fid"] for p in per])
-        metrics["kid"] = _stats([p["kid"] for p in per])
-        metrics["kid"]["subset_std_per_seed"] = [p["kid_std"] for p in per]
-        if n < 2048:
-            log(f"[eval] note: FID over {n} images is biased upwards; compare only runs evaluated on the same set.")
+    def check(self, source: ImageSource) -> None:
+        """A clear error when ``source`` does not fit the data (size, classes)."""
+        if self.size != tuple(source.size):
+            raise ConfigError(
+                f"The data config gives {self.size[0]}x{self.size[1]} images, the {source.kind} {source.path} makes "
+                f"{source.size[0]}x{source.size[1]}: evaluate at the model's size with "
+                f"--set data.image_size=[{source.size[0]},{source.size[1]}]."
+            )
+        if self.dataset.num_classes != source.num_classes:
+            raise ConfigError(
+                f"The data config has {self.dataset.num_classes} classes, the {source.kind} {source.path} "
+                f"{source.num_classes}: give the data config the model was trained on (--data, --set data.num_classes=...)."
+            )
 
-    scenes = getattr(dataset, "scenes", None)
-    if scenes is not None:
-        metrics["label_consistency"] = _stats([label_consistency(f, labels, scenes) for f in fakes])
-        metrics["label_consistency"]["real"] = label_consistency(real, labels, scenes)
-    if seg is not None:
-        k, ignore = dataset.num_classes, dataset.ignore_id
-        metrics["miou"] = _stats([miou(seg.predict(f), labels, k, ignore) for f in fakes])
-        metrics["miou"]["real"] = miou(seg.predict(real), labels, k, ignore)
-    else:
-        skipped["miou"] = (
-            "mIoU skipped: no --segmenter (an ONNX segmenter: float [N,3,H,W] ImageNet-normalised RGB -> [N,C,H,W] logits)."
-            + (" label_consistency measures the same on the synthetic data." if scenes is not None else "")
-        )
-    metrics["pixel_diversity"] = pixel_diversity(fakes)
-    if seeds < 2:
-        skipped["pixel_diversity"] = "pixel_diversity needs --seeds 2 or more."
-    skipped["lpips_diversity"] = LPIPS_SKIPPED
+    def __call__(self, source: ImageSource) -> dict[str, Any]:
+        """Generate the validation set ``seeds`` times with ``source`` and measure it; returns the report dict."""
+        from train.eval_metrics import extract_features, fid_kid, pixel_diversity
+        from train.metrics import label_consistency, miou, to_uint8_nhwc
 
-    return _clean({
-        "source": {"kind": source.kind, "path": str(source.path), **source.details},
-        "data": {"dataset": dataset.name, "split": "val", "images": n, "image_size": list(size),
-                 "num_classes": dataset.num_classes, "ignore_id": dataset.ignore_id},
-        "seeds": list(range(seeds)),
-        "noise": "numpy.random.default_rng(seed).standard_normal((N, *noise_shape), float32), row i for image i",
-        "features": None if extractor is None else {"name": feature_name, **(feature_info or {})},
-        "segmenter": None if seg is None else str(segmenter),
-        "metrics": metrics,
-        "skipped": skipped,
-        "seconds": round(time.perf_counter() - started, 2),
-        "versions": _versions(),
-    })
+        started = time.perf_counter()
+        self.check(source)
+        dataset, real, labels, n, seeds = self.dataset, self.real, self.labels, len(self.labels), self.seeds
+        skipped = dict(self.skipped)
+        self.log(f"[eval] {source.kind} {source.path}: {n} validation maps of {dataset.name} x {seeds} seeds")
+        fakes: list[np.ndarray] = []
+        for s in _progress(range(seeds), "generate", seeds > 1):
+            t0 = time.perf_counter()
+            fakes.append(to_uint8_nhwc(source.generate(labels, seed_noise(s, n, source.noise_shape))))
+            self.log(f"[eval] seed {s}: generated {n} images in {time.perf_counter() - t0:.1f} s")
+
+        metrics: dict[str, Any] = {}
+        if self.extractor is not None:
+            if self._real_features is None:
+                self._real_features = extract_features(self.extractor, real)
+            per = [fid_kid(self._real_features, extract_features(self.extractor, f)) for f in fakes]
+            metrics["fid"] = _stats([p["fid"] for p in per])
+            metrics["kid"] = _stats([p["kid"] for p in per])
+            metrics["kid"]["subset_std_per_seed"] = [p["kid_std"] for p in per]
+            if n < 2048:
+                self.log(f"[eval] note: FID over {n} images is biased upwards; compare only runs evaluated on the same set.")
+
+        scenes = getattr(dataset, "scenes", None)
+        if scenes is not None:
+            metrics["label_consistency"] = _stats([label_consistency(f, labels, scenes) for f in fakes])
+            metrics["label_consistency"]["real"] = label_consistency(real, labels, scenes)
+        if self.segmenter is not None:
+            k, ignore = dataset.num_classes, dataset.ignore_id
+            if self._real_miou is None:
+                self._real_miou = miou(self.segmenter.predict(real), labels, k, ignore)
+            metrics["miou"] = _stats([miou(self.segmenter.predict(f), labels, k, ignore) for f in fakes])
+            metrics["miou"]["real"] = self._real_miou
+        else:
+            skipped["miou"] = (
+                "mIoU skipped: no --segmenter (" + _segmenter_help() + ")."
+                + (" label_consistency measures the same on the synthetic data." if scenes is not None else "")
+            )
+        metrics["pixel_diversity"] = pixel_diversity(fakes)
+        if seeds < 2:
+            skipped["pixel_diversity"] = "pixel_diversity needs --seeds 2 or more."
+        skipped["lpips_diversity"] = LPIPS_SKIPPED
+
+        return _clean({
+            "source": {"kind": source.kind, "path": str(source.path), **source.details},
+            "data": {"dataset": dataset.name, "split": "val", "images": n, "image_size": list(self.size),
+                     "num_classes": dataset.num_classes, "ignore_id": dataset.ignore_id},
+            "seeds": list(range(seeds)),
+            "noise": "numpy.random.default_rng(seed).standard_normal((N, *noise_shape), float32), row i for image i",
+            "features": None if self.extractor is None else {"name": self.feature_name, **(self.feature_info or {})},
+            "segmenter": self.segmenter_name,
+            "metrics": metrics,
+            "skipped": skipped,
+            "seconds": round(time.perf_counter() - started, 2),
+            "versions": _versions(),
+        })
+
+
+def evaluate(source: ImageSource, data_cfg, **options: Any) -> dict[str, Any]:
+    """Measure one source (see :class:`Evaluation` for the options); returns the report dict."""
+    evaluation = Evaluation(data_cfg, **options)
+    return evaluation(source)
+
+
+def _segmenter_help() -> str:
+    from train.eval_metrics import SEGMENTER_HELP
+
+    return SEGMENTER_HELP
+
+
+def _progress(items, desc: str, show: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm ships with the train extra
+        return items
+    return tqdm(items, desc=desc, disable=not show, leave=False)
 
 
 def _clean(obj: Any) -> Any:
@@ -299,60 +366,179 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join([head, *rows, *(["skipped:", *notes] if notes else [])])
 
 
+def source_label(report: dict[str, Any]) -> str:
+    """Short name of a report's source: ``checkpoint (step N)`` or ``TARGET PRECISION``."""
+    s = report["source"]
+    if s["kind"] == "checkpoint":
+        return f"checkpoint EMA (step {s['step']})" if s.get("step") is not None else "checkpoint EMA"
+    return f"{s.get('target', '?')} {s.get('precision', '?')}"
+
+
+MARKDOWN_HEADER = ("| source | path | data | size | maps x seeds | FID | KID x1000 | label consistency | mIoU | "
+                   "pixel diversity | features | versions |")
+
+
+def markdown_row(report: dict[str, Any]) -> str:
+    """One markdown table row (columns of :data:`MARKDOWN_HEADER`): mean ± std over seeds, '-' where skipped."""
+    m, d = report["metrics"], report["data"]
+
+    def cell(key: str, scale: float = 1.0, digits: int = 3) -> str:
+        v = m.get(key)
+        if not v or v.get("mean") is None:
+            return "-"
+        return f"{v['mean'] * scale:.{digits}f} ± {v['std'] * scale:.{digits}f}"
+
+    feats = report.get("features")
+    feats = "-" if feats is None else ("RANDOM-INIT (relative only)" if feats.get("random_init") else
+                                       ("standard Inception" if feats.get("standard") else feats.get("name", "custom")))
+    div = m.get("pixel_diversity")
+    versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
+    cells = [source_label(report), f"`{report['source']['path']}`", f"{d['dataset']} {d['split']}",
+             "x".join(str(v) for v in d["image_size"]), f"{d['images']} x {len(report['seeds'])}",
+             cell("fid", digits=2), cell("kid", 1000.0, 2), cell("label_consistency"), cell("miou"),
+             "-" if div is None else f"{div:.4f}", feats, versions]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(reports: list[dict[str, Any]]) -> str:
+    """Reports side by side, one row each, with the real images' label consistency / mIoU as a last row."""
+    rows = [MARKDOWN_HEADER, "|" + "---|" * MARKDOWN_HEADER.count(" | ") + "---|", *(markdown_row(r) for r in reports)]
+    first = reports[0]
+    real = {k: first["metrics"].get(k, {}).get("real") for k in ("label_consistency", "miou")}
+    if any(v is not None for v in real.values()):
+        d = first["data"]
+        fmt = {k: "-" if v is None else f"{v:.3f}" for k, v in real.items()}
+        rows.append(f"| real images | - | {d['dataset']} {d['split']} | {'x'.join(map(str, d['image_size']))} | "
+                    f"{d['images']} | - | - | {fmt['label_consistency']} | {fmt['miou']} | - | - | - |")
+    return "\n".join(rows)
+
+
+def _same_evaluation(reports: list[dict[str, Any]]) -> list[str]:
+    """Why these reports are not comparable (different data, seeds or features), empty when they are."""
+    problems = []
+    for key, get in (("data", lambda r: {k: r["data"][k] for k in ("dataset", "images", "image_size")}),
+                     ("seeds", lambda r: r["seeds"]),
+                     ("features", lambda r: (r.get("features") or {}).get("name"))):
+        values = [json.dumps(get(r), sort_keys=True) for r in reports]
+        if len(set(values)) > 1:
+            problems.append(f"{key} differ: " + " vs ".join(values))
+    return problems
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m train.evaluate",
-        description="FID, KID, mIoU / label consistency and diversity of a generator on a validation set.",
+        description="FID, KID, mIoU / label consistency and diversity of generators on a validation set. Several "
+                    "--run/--model sources are measured on the same images, features and segmenter and printed side "
+                    "by side; --compare prints saved reports side by side.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="run folder, checkpoint folder or generator .safetensors file (EMA generator)")
-    src.add_argument("--model", type=Path, metavar="ARTIFACT_DIR", help="exported artifact folder (or its model.json)")
+    p.add_argument("--run", type=Path, action="append", default=[],
+                   help="run folder, checkpoint folder or generator .safetensors file (EMA generator); repeatable")
+    p.add_argument("--model", type=Path, action="append", default=[], metavar="ARTIFACT_DIR",
+                   help="exported artifact folder (or its model.json); repeatable")
+    p.add_argument("--compare", type=Path, nargs="+", metavar="REPORT.json",
+                   help="print saved reports (eval.json files) side by side instead of evaluating")
     p.add_argument("--data", help="data preset or YAML config (default: the run's config.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.root=/data/ade (repeatable)")
     p.add_argument("--fid-weights", type=Path, metavar="FILE",
                    help="FID Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth from torch-fidelity's "
                         "releases, or a .safetensors of it); without it FID and KID are skipped")
-    p.add_argument("--segmenter", type=Path, metavar="FILE.onnx",
-                   help="ONNX segmenter for mIoU: input float [N,3,H,W] RGB in [0,1] normalised by the ImageNet "
-                        "mean/std, output [N,C,H,W] logits in the dataset's class numbering")
+    p.add_argument("--random-features", action="store_true",
+                   help="FID/KID with a randomly initialised Inception-v3 (no file needed): relative numbers between "
+                        "sources of one evaluation, labelled as such, never comparable to published FIDs")
+    p.add_argument("--segmenter", metavar="FILE|torchvision:NAME", help="segmenter for mIoU: " + _segmenter_help())
+    p.add_argument("--segmenter-weights", type=Path, metavar="FILE", help="state dict for --segmenter torchvision:NAME")
     p.add_argument("--seeds", type=int, default=3, help="noise seeds 0..S-1 per label map (default 3)")
     p.add_argument("--limit", type=int, help="evaluate the first N validation maps only")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
-    p.add_argument("--out", type=Path, help="JSON report (default: eval.json beside the run or in the artifact)")
+    p.add_argument("--out", type=Path,
+                   help="JSON report (default: eval.json beside the run or in the artifact); with several sources or "
+                        "--compare, the combined JSON (default: eval-compare.json beside the first source); a markdown "
+                        "table goes beside it (.md)")
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def _write(out: Path, payload: Any, reports: list[dict[str, Any]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(reports) + "\n")
+
+
+def _load_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+        report["source"], report["data"], report["metrics"], report["seeds"]  # noqa: B018 - the keys we read
+    except FileNotFoundError:
+        raise ConfigError(f"--compare: {path} does not exist.") from None
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"--compare: {path} is not a report written by python -m train.evaluate.") from None
+    return report
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     from train.config import load_config
 
+    if args.compare:
+        if args.run or args.model:
+            raise ConfigError("--compare prints saved reports: give it without --run/--model.")
+        reports = [_load_report(p) for p in args.compare]
+        for problem in _same_evaluation(reports):
+            log(f"[eval] warning: not measured the same way ({problem}).")
+        log(markdown_table(reports))
+        if args.out:
+            _write(args.out, reports, reports)
+            log(f"[eval] comparison: {args.out} and {args.out.with_suffix('.md')}")
+        return reports
+    if not args.run and not args.model:
+        raise ConfigError("Give --run RUN and/or --model ARTIFACT_DIR (repeatable), or --compare REPORT.json ...")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if args.run is not None:
-        if not args.run.exists():
-            raise ConfigError(f"--run {args.run} does not exist.")
-        source = open_checkpoint(args.run, args.device, args.batch_size)
-    else:
-        if not args.model.exists():
-            raise ConfigError(f"--model {args.model} does not exist; give an artifact folder written by `python -m export`.")
-        source = open_artifact(args.model, args.device, args.batch_size)
+    for path in args.run:
+        if not path.exists():
+            raise ConfigError(f"--run {path} does not exist.")
+    for path in args.model:
+        if not path.exists():
+            raise ConfigError(f"--model {path} does not exist; give an artifact folder written by `python -m export`.")
+    sources: list[ImageSource] = []
     try:
-        data = args.data or source.default_config
+        sources += [open_checkpoint(p, args.device, args.batch_size) for p in args.run]
+        sources += [open_artifact(p, args.device, args.batch_size) for p in args.model]
+        data = args.data or next((s.default_config for s in sources if s.default_config is not None), None)
         if data is None:
             raise ConfigError("Give --data PRESET_OR_YAML: the data config of the validation set (e.g. --data synthetic-tiny).")
         cfg = load_config(data, args.overrides)
-        report = evaluate(source, cfg.data, seeds=args.seeds, limit=args.limit, fid_weights=args.fid_weights,
-                          segmenter=args.segmenter, log=log)
-        report["data"]["config"] = str(data)
+        evaluation = Evaluation(cfg.data, seeds=args.seeds, limit=args.limit, fid_weights=args.fid_weights,
+                                random_features=args.random_features, segmenter=args.segmenter,
+                                segmenter_weights=args.segmenter_weights, log=log)
+        for source in sources:  # every source fits before anything slow runs
+            evaluation.check(source)
+        reports = []
+        for source in sources:
+            report = evaluation(source)
+            report["data"]["config"] = str(data)
+            reports.append(report)
     finally:
-        source.close()
-    out = args.out or source.default_out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    log(format_table(report))
-    log(f"[eval] report: {out}")
-    return report
+        for source in sources:
+            source.close()
+    if len(sources) == 1:
+        out = args.out or sources[0].default_out
+        _write(out, reports[0], reports)
+        log(format_table(reports[0]))
+        log(f"[eval] report: {out} (markdown row: {out.with_suffix('.md')})")
+        return reports
+    for source, report in zip(sources, reports):
+        _write(source.default_out, report, [report])
+    out = args.out or sources[0].default_out.with_name("eval-compare.json")
+    _write(out, reports, reports)
+    for note in dict.fromkeys(v for r in reports for v in r["skipped"].values()):
+        log(f"[eval] skipped: {note}")
+    if reports[0].get("features") and reports[0]["features"].get("random_init"):
+        log(f"[eval] {reports[0]['features']['note']}")
+    log(markdown_table(reports))
+    log(f"[eval] reports: {', '.join(str(s.default_out) for s in sources)}; side by side: {out} and {out.with_suffix('.md')}")
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:

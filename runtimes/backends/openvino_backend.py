@@ -1,8 +1,11 @@
 """OpenVINO backend: ``model.xml`` + ``model.bin`` on CPU, GPU, NPU or AUTO.
 
-On CPUs with bf16 or fp16 units OpenVINO computes in that precision by default, even for an FP32 model. For an
-FP32 artifact this backend asks for f32 (so the image matches the other backends); pass
-``inference_precision="bf16"`` (or "auto" for OpenVINO's choice) for speed.
+On CPUs with bf16 or fp16 units (AVX512-BF16, AMX) OpenVINO computes the float parts of a model in that precision
+by default, even for an FP32 or INT8 model. On the CPU this backend asks for f32 by default, the precision the
+export's quality report (``model.json`` ``quality``) was measured with, so the artifact draws what its manifest
+promises: on an AMX Xeon, an INT8 artifact measured at 38.9 dB against FP32 gives 24.4 dB under OpenVINO's bf16
+default. Pass ``inference_precision="auto"`` (OpenVINO's choice) or ``"bf16"`` to trade that quality for speed;
+FP32 artifacts ask for f32 on every device; INT8/FP16 ones on GPU or NPU use that device's default unless asked.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class OpenVINOBackend(Backend):
         hint = str(options.get("performance_hint", "LATENCY")).upper()
         if hint not in HINTS:
             raise InputError(f"performance_hint must be one of {', '.join(HINTS)}, got {hint!r}.")
-        precision = options.get("inference_precision", "f32" if manifest.precision == "fp32" else "auto")
+        precision = options.get("inference_precision", "f32" if self.ov_device == "CPU" or manifest.precision == "fp32" else "auto")
         if precision not in PRECISIONS:
             raise InputError(f"inference_precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
         config: dict[Any, Any] = {hints.performance_mode: getattr(hints.PerformanceMode, hint)}

@@ -1,0 +1,66 @@
+"""The benchmark harness runs end to end on a small generator (no timing is asserted: speed lives in the reports):
+every requested artifact gets a row with its quality, an own-process peak memory, the ratio to torch eager, and
+the markdown table and chart are written; the peer generator goes through the same backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from runtime_artifacts import shared_artifacts
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_peer(num_classes: int, size):
+    """A narrow OASIS-like peer, so the peer path runs in seconds."""
+    import torch
+
+    from benchmarks.peers import OasisLikeGenerator
+
+    torch.manual_seed(0)
+    return OasisLikeGenerator(num_classes, tuple(size), base=4, z_dim=8).eval()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return shared_artifacts(tmp_path_factory)[1]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_benchmark_harness_rows_memory_and_report(tmp_path):
+    from benchmarks import run as bench
+
+    out = tmp_path / "bench"
+    argv = ["--preset", "synthetic-tiny", "--size", "32", "--artifacts", "onnx:fp32,openvino:fp16", "--runs", "2",
+            "--warmup", "1", "--calib-samples", "4", "--out", str(out), "--peer", "test_benchmarks:tiny_peer"]
+    assert bench.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    ours = [r for r in data["rows"] if r["model"].startswith("synthetic-tiny")]
+    assert [r["backend"] for r in ours] == ["torch eager fp32", "onnx fp32", "openvino fp16"]
+    eager = ours[0]
+    assert eager["speedup_vs_torch_eager"] == 1.0 and eager["gflop_per_image"] > 0
+    for r in ours[1:]:
+        # quality is measured for reduced precisions only: FP16 against FP32 of the same export
+        assert (r["psnr_vs_fp32_db"] is None) if r["backend"].endswith("fp32") else (r["psnr_vs_fp32_db"] > 40)
+        assert r["own_peak_mib"] > r["own_peak_over_base_mib"] > 0
+        assert r["speedup_vs_torch_eager"] == pytest.approx(eager["median_ms"] / r["median_ms"], rel=0.02)
+    peer_rows = [r for r in data["rows"] if not r["model"].startswith("synthetic-tiny")]
+    assert {r["backend"] for r in peer_rows} == {"torch eager fp32", "onnx fp32", "openvino fp32", "openvino default"}
+    assert all(r["speedup_vs_our_torch_eager"] for r in peer_rows)
+    table = (out / "results.md").read_text()
+    assert "own peak MiB" in table and table.count("\n| ") >= len(data["rows"])
+    assert (out / "latency.png").stat().st_size > 1000
+
+
+def test_predictor_memory_child_process(artifacts):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.predictor_memory", "--model", str(artifacts["onnx"]),
+                           "--calls", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    mem = json.loads(done.stdout.strip().splitlines()[-1])
+    assert mem["peak_mib"] >= mem["loaded_mib"] >= mem["base_mib"] > 10
+    assert mem["peak_over_base_mib"] == pytest.approx(mem["peak_mib"] - mem["base_mib"], abs=0.2)
