@@ -19,15 +19,26 @@ from pathlib import Path
 import numpy as np
 
 
+def _status_mib(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def current_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return peak_rss_mib()
+    value = _status_mib("VmRSS")
+    return peak_rss_mib() if value is None else value
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    """This process's peak RSS. VmHWM belongs to the process image and starts afresh at exec; getrusage's
+    ru_maxrss (the fallback off Linux) keeps the forking parent's peak, so a child of a big process reads big."""
+    value = _status_mib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value
 
 
 def measure(model: str, batch: int = 1, calls: int = 5, device: str = "cpu") -> dict[str, float]:

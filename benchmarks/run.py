@@ -9,7 +9,8 @@ Everything is timed in one process, one after the other, so the ratios are compa
 whose absolute timings drift. For each (model, target, precision): median and p90 latency of ``--runs`` calls after
 ``--warmup`` calls at batch 1 and at each ``--batches`` size, images/s, the process's resident memory after
 the runs, the peak resident memory of the artifact's predictor alone in a child process ("own peak",
-:mod:`benchmarks.predictor_memory`), PSNR against torch FP32 (the export's own quality report), and GFLOP per image counted with
+:mod:`benchmarks.predictor_memory`), PSNR against torch FP32 (the export's own quality report, and on the timed
+inputs themselves), and GFLOP per image counted with
 ``torch.utils.flop_counter`` with the fraction of the device's estimated peak it reaches. Writes
 ``results.json``, ``results.md`` and ``latency.png`` into ``--out``.
 """
@@ -78,6 +79,12 @@ def gflops_per_image(module: Any, input_size, noise_shape) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ timing
+
+
+def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """PSNR of images in [-1, 1] (peak-to-peak 2), None when identical."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)) ** 2))
+    return None if mse == 0 else round(10 * np.log10(4.0 / mse), 2)
 
 
 def time_calls(fn, runs: int, warmup: int) -> dict[str, float]:
@@ -205,16 +212,20 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
     noise_shape = tuple(generator.noise_shape)
     flops = gflops_per_image(generator, size, noise_shape)
     rows = []
+    references: dict[int, np.ndarray] = {}  # torch eager FP32 output on each batch's inputs
 
     def record(label: str, fn_for_batch, psnr=None, size_bytes=None):
         for batch in args.batches:
             label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
             timing = time_calls(lambda a=label_np, b=noise_np: fn_for_batch(a, b), args.runs, args.warmup)
+            output = np.asarray(fn_for_batch(label_np, noise_np), dtype=np.float32)
+            references.setdefault(batch, output)
             per_image_s = timing["median_ms"] / 1000 / batch
             row = {"model": name, "backend": label, "batch": batch, **{k: round(v, 3) for k, v in timing.items()},
                    "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
                    "achieved_gflops": round(flops / per_image_s, 1), "rss_mib": round(rss_mib(), 1),
-                   "psnr_vs_fp32_db": psnr, "bytes": size_bytes}
+                   "psnr_vs_fp32_db": psnr, "psnr_vs_eager_db": psnr_db(references[batch], output),
+                   "bytes": size_bytes}
             if peak:
                 row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
             rows.append(row)
@@ -246,8 +257,14 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
         record(spec.replace(":", " "), lambda label, noise, p=predictor: p.generate_raw(label, noise=noise),
                quality.get("psnr_db"), size_bytes)
         predictor.close()
+        if args.device == "cpu" and args.ov_native and spec.startswith("openvino") and not spec.endswith("fp32"):
+            # what OpenVINO's own default precision (bf16 float parts on AVX512-BF16/AMX CPUs) costs and buys
+            native = load_predictor(path, device=args.device, inference_precision="auto")
+            record(spec.replace(":", " ") + " native", lambda label, noise, p=native: p.generate_raw(label, noise=noise),
+                   None, size_bytes)
+            native.close()
         if args.device == "cpu":
-            for row in rows[first:]:
+            for row in rows[first:first + len(args.batches)]:
                 mem = own_process_memory(path, row["batch"], args.device, log)
                 row["own_peak_mib"] = None if mem is None else mem["peak_mib"]
                 row["own_peak_over_base_mib"] = None if mem is None else mem["peak_over_base_mib"]
@@ -266,7 +283,8 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         base_ours = baseline.get((ours, r["batch"]))
         r["speedup_vs_our_torch_eager"] = round(base_ours / r["median_ms"], 2) if base_ours else None
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    head = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "x torch eager", "PSNR dB", "GFLOP/img",
+    head = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "x torch eager", "PSNR dB (export)",
+            "PSNR dB (this input)", "GFLOP/img",
             "% peak", "RSS MiB", "own peak MiB", "size"]
     lines = [f"# dp-sims benchmark ({meta['device']})", "", f"{meta['when']}, {meta['runs']} runs after "
              f"{meta['warmup']} warm-up calls, one process.", "", "| " + " | ".join(head) + " |",
@@ -277,6 +295,7 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         lines.append("| " + " | ".join(str(v) for v in [
             r["model"], r["backend"], r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
             r["speedup_vs_torch_eager"], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
+            r["psnr_vs_eager_db"] if r.get("psnr_vs_eager_db") is not None else "-",
             r["gflop_per_image"], pct, r["rss_mib"], r.get("own_peak_mib") or "-", size]) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     bar_chart([r for r in rows if r["batch"] == rows[0]["batch"]], out / "latency.png")
@@ -325,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-psnr", type=float, default=30.0, help="INT8 quality bar of the exports (dB)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--ov-native", action="store_true",
+                        help="also time OpenVINO FP16/INT8 artifacts at OpenVINO's default precision (bf16 float parts "
+                             "on AVX512-BF16/AMX CPUs; the predictor's CPU default is f32, what the export measured)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
     args = parser.parse_args(argv)
     args.artifacts = [a for a in args.artifacts.split(",") if a]

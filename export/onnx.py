@@ -118,6 +118,15 @@ def export_fp32(generator: Any, input_size: tuple[int, int], path: Path, opset: 
             dynamic_axes={INPUT_LABEL: {0: "batch"}, INPUT_NOISE: {0: "batch"}, OUTPUT_IMAGE: {0: "batch"}},
         )
     model = onnx.load(str(path))
+    # The exporter's own shape guesses lose the static H, W after a Pad (they come out as symbols, also on the
+    # 'image' output). The contract fixes them per artifact: declare them and let ONNX's inference, which folds
+    # constant pads, redo the intermediate shapes.
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        if output.name == OUTPUT_IMAGE:
+            dims = output.type.tensor_type.shape.dim
+            for dim, value in zip(list(dims)[1:], (3, *input_size)):
+                dim.dim_value = int(value)
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.save(model, str(path))

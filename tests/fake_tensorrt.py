@@ -210,6 +210,19 @@ def _value_info(v) -> ITensor:
     return ITensor(v.name, dims, _ONNX_TO_TRT[v.type.tensor_type.elem_type])
 
 
+def _inferred_outputs(model):
+    """Output shapes as TensorRT computes them from the inputs (it ignores the file's declared output shapes):
+    ONNX shape inference with the declared output dims and intermediate guesses cleared, batch left dynamic."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        for dim in list(output.type.tensor_type.shape.dim)[1:]:
+            dim.Clear()
+    return onnx.shape_inference.infer_shapes(model).graph.output
+
+
 class INetworkDefinition:
     def __init__(self, api: FakeTensorRT, flags: int):
         self.api, self.flags = api, flags
@@ -291,7 +304,7 @@ class OnnxParser:
             return False
         initializers = {t.name for t in model.graph.initializer}
         net.inputs = [_value_info(v) for v in model.graph.input if v.name not in initializers]
-        net.outputs = [_value_info(v) for v in model.graph.output]
+        net.outputs = [_value_info(v) for v in _inferred_outputs(model)]
         net.ops = {node.op_type for node in model.graph.node}
         net.onnx = data
         return True

@@ -132,3 +132,23 @@ def test_paper_preset_builds_and_steps_at_batch_1():
     loss = losses.focal_n1_loss(d(fake).logits, label, True)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_label_stem_lookup_equals_the_conv_on_the_one_hot_map():
+    """Exported graphs compute the label stem as 9 table lookups: the same numbers as the conv, ids out of range
+    (negative, K, beyond) included, and the eval-mode generator equals the conv path."""
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(base_channels=8, channel_mults=[2, 1], label_channels=8, attn_levels=1, attn_heads=2,
+                          noise_tokens=4, noise_dim=8, spade_hidden=8)
+    g = Generator(6, cfg).eval()
+    label = torch.randint(-2, 9, (3, 16, 20), dtype=torch.int32)  # -2..8: valid ids 0..5 and invalid ones
+    noise = torch.randn(3, *g.noise_shape)
+    with torch.no_grad():
+        conv = g.encoder.stem(one_hot_labels(label, 6))
+        lookup = g.encoder.stem_by_lookup(label)
+        assert lookup.shape == conv.shape
+        assert torch.allclose(lookup, conv, atol=1e-6)
+        by_lookup = g(label, noise)
+        g.encoder.train()  # training mode: the conv path
+        by_conv = g(label, noise)
+    assert torch.allclose(by_lookup, by_conv, atol=1e-5)
