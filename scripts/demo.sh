@@ -13,7 +13,7 @@ OUT="outputs"
 
 bash scripts/setup.sh train,onnx,openvino,runtime
 
-echo "[demo] 1/3 training the synthetic-tiny preset (about 15 minutes on 2 CPU cores)"
+echo "[demo] 1/3 training the synthetic-tiny preset (5 to 15 minutes on 2 CPU cores, depending on the CPU)"
 if [ -f "$RUN/checkpoints/last" ]; then
   "$PY" -m train --resume "$RUN" "$@"
 else

@@ -351,6 +351,13 @@ def test_openvino_fp16_compresses_weights_with_40db(artifact, held_out, fresh):
     fp16 = artifact("openvino", "fp16")
     assert fp16.manifest.target_options["compressed_to_fp16"] is True
     bin16 = (fp16.out_dir / "model.bin").stat().st_size
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp16.out_dir / "model.xml"))
+    assert model.get_rt_info()  # the metadata survives the table rewrite
+    gathers = [op for op in model.get_ordered_ops() if op.get_type_name() == "Gather" and "/encoder/" in op.get_friendly_name()]
+    assert len(gathers) == 9  # the label stem's lookups read f32 tables (f16 ones run a slow reference kernel)
+    assert all(g.input(0).get_source_output().get_node().get_element_type() == ov.Type.f32 for g in gathers)
     assert bin16 < 0.7 * (artifact("openvino", "fp32").out_dir / "model.bin").stat().st_size
     labels, noise, reference = held_out
     measured = psnr_db(reference, ov_images(fp16.out_dir / "model.xml", labels, noise))
