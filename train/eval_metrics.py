@@ -323,31 +323,28 @@ class TorchSegmenter(Segmenter):
         self.path = path
 
     @classmethod
-    def torchscript(cls, path: str | Path, device: str = "cpu") -> TorchSegmenter:
+    def _from_file(cls, path: str | Path, device: str, load: Callable[[str], torch.nn.Module], what: str,
+                   how: str) -> TorchSegmenter:
         path = Path(path)
         if not path.is_file():
             raise EvaluationError(f"Segmenter {path} does not exist; give {SEGMENTER_HELP}.")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - any loader failure means "not a TorchScript file"
-            raise EvaluationError(
-                f"Segmenter {path} is not a TorchScript file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                f"save one with torch.jit.script(model).save(path) or torch.jit.trace."
-            ) from None
+            module = load(str(path))
+        except Exception as e:  # noqa: BLE001 - any loader failure means "not such a file"
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise EvaluationError(f"Segmenter {path} is not {what} ({reason}); save one with {how}.") from None
         return cls(module, path, device)
+
+    @classmethod
+    def torchscript(cls, path: str | Path, device: str = "cpu") -> TorchSegmenter:
+        return cls._from_file(path, device, lambda f: torch.jit.load(f, map_location="cpu"), "a TorchScript file",
+                              "torch.jit.script(model).save(path) or torch.jit.trace")
 
     @classmethod
     def exported(cls, path: str | Path, device: str = "cpu") -> TorchSegmenter:
         """A ``torch.export`` program saved with ``torch.export.save`` (.pt2)."""
-        path = Path(path)
-        if not path.is_file():
-            raise EvaluationError(f"Segmenter {path} does not exist; give {SEGMENTER_HELP}.")
-        try:
-            module = torch.export.load(str(path)).module()
-        except Exception as e:  # noqa: BLE001 - any loader failure means "not an exported program"
-            raise EvaluationError(f"Segmenter {path} is not a torch.export program ({type(e).__name__}); save one "
-                                  f"with torch.export.save(torch.export.export(model, (example,)), path).") from None
-        return cls(module, path, device)
+        return cls._from_file(path, device, lambda f: torch.export.load(f).module(), "a torch.export program",
+                              "torch.export.save(torch.export.export(model, (example,)), path)")
 
     @classmethod
     def torchvision(cls, name: str, weights: str | Path | None, num_classes: int, device: str = "cpu") -> TorchSegmenter:
