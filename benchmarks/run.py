@@ -32,23 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.predictor_memory import current_rss_mib as rss_mib
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = ["torch:fp32", "onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8"]
 
 
 # ------------------------------------------------------------------------------------------------ device facts
-
-
-def rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_peak_gflops() -> tuple[float | None, str]:
@@ -82,9 +72,11 @@ def gflops_per_image(module: Any, input_size, noise_shape) -> float:
 
 
 def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float | None:
-    """PSNR of images in [-1, 1] (peak-to-peak 2), None when identical."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)) ** 2))
-    return None if mse == 0 else round(10 * np.log10(4.0 / mse), 2)
+    """PSNR of images in [-1, 1] (:func:`calibration.psnr`), rounded; None when identical (JSON has no inf)."""
+    from calibration import psnr
+
+    value = psnr(reference, candidate)
+    return None if value == float("inf") else round(value, 2)
 
 
 def time_calls(fn, runs: int, warmup: int) -> dict[str, float]:

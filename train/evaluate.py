@@ -203,9 +203,7 @@ class Evaluation:
                                  "standard": digest.startswith(INCEPTION_SHA256_PREFIX)}
             if not self.feature_info["standard"]:
                 log(f"[eval] warning: {fid_weights} is not the standard FID Inception file; FIDs are not comparable to published ones.")
-        elif self.extractor is None and random_features:
-            pass  # built below, once the real images are loaded
-        elif self.extractor is None:
+        elif self.extractor is None and not random_features:  # random features are built once the real images load
             self.skipped["fid"] = self.skipped["kid"] = (
                 "FID and KID skipped: no --fid-weights (or --random-features for unpublishable relative numbers). "
                 + fid_weights_hint())
@@ -222,8 +220,10 @@ class Evaluation:
             self.extractor, self.feature_name = RandomInception(calib_images=self.real), RANDOM_FEATURES_NAME
             self.feature_info = {"standard": False, "random_init": True, "note": RANDOM_FEATURES_NOTE,
                                  "calibrated_on": f"first {min(len(self.real), 32)} real validation images"}
+        # measures of the real images, shared by every source: computed on first use
         self._real_features = None
         self._real_miou: float | None = None
+        self._real_consistency: float | None = None
 
     def check(self, source: ImageSource) -> None:
         """A clear error when ``source`` does not fit the data (size, classes)."""
@@ -269,7 +269,9 @@ class Evaluation:
         scenes = getattr(dataset, "scenes", None)
         if scenes is not None:
             metrics["label_consistency"] = _stats([label_consistency(f, labels, scenes) for f in fakes])
-            metrics["label_consistency"]["real"] = label_consistency(real, labels, scenes)
+            if self._real_consistency is None:
+                self._real_consistency = label_consistency(real, labels, scenes)
+            metrics["label_consistency"]["real"] = self._real_consistency
         if self.segmenter is not None:
             k, ignore = dataset.num_classes, dataset.ignore_id
             if self._real_miou is None:
