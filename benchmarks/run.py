@@ -114,7 +114,7 @@ def load_model(args: argparse.Namespace):
     if args.checkpoint:
         generator, info = load_generator(args.checkpoint)
         return Path(args.checkpoint).name, generator, info
-    cfg = load_config(args.preset, [] if "synthetic" in args.preset else ["data.root=."])  # data is not read
+    cfg = load_config(args.preset, ([] if "synthetic" in args.preset else ["data.root=."]) + args.set)  # data is not read
     num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset == "synthetic" else 151)
     torch.manual_seed(0)
     generator = warmed(Generator(num_classes, cfg.model.generator), num_classes, tuple(args.size or cfg.data.image_size))
@@ -122,7 +122,8 @@ def load_model(args: argparse.Namespace):
     info = GeneratorInfo(num_classes=num_classes, generator=cfg.model.generator, image_size=size,
                          class_names=[f"class {i}" for i in range(num_classes)], palette=_palette(num_classes),
                          dataset="none (random weights, benchmark)")
-    return f"{cfg.name} (random weights)", generator, info
+    tag = f"{cfg.name} {' '.join(s.split('.')[-1] for s in args.set)}".strip()
+    return f"{tag} (random weights)", generator, info
 
 
 def warmed(generator, num_classes: int, size, seed: int = 0):
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="run folder or generator file")
     src.add_argument("--preset", default="synthetic-tiny", help="config preset of a random-weight generator")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of --preset, e.g. --set model.generator.spade_kernel=1 (repeatable)")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--size", type=lambda s: [int(v) for v in s.lower().split("x")] * (1 if "x" in s else 2), default=None,
                         help="HxW (default: the model's training size)")

@@ -38,11 +38,13 @@ def test_benchmark_harness_rows_memory_and_report(tmp_path):
 
     out = tmp_path / "bench"
     argv = ["--preset", "synthetic-tiny", "--size", "32", "--artifacts", "onnx:fp32,openvino:fp16", "--runs", "2",
-            "--warmup", "1", "--calib-samples", "4", "--out", str(out), "--peer", "test_benchmarks:tiny_peer", "--ov-native"]
+            "--warmup", "1", "--calib-samples", "4", "--out", str(out), "--peer", "test_benchmarks:tiny_peer", "--ov-native",
+            "--set", "model.generator.spade_kernel=1"]
     assert bench.main(argv) == 0
     data = json.loads((out / "results.json").read_text())
     ours = [r for r in data["rows"] if r["model"].startswith("synthetic-tiny")]
     assert [r["backend"] for r in ours] == ["torch eager fp32", "onnx fp32", "openvino fp16", "openvino fp16 native"]
+    assert all("spade_kernel=1" in r["model"] for r in ours)  # --set reached the preset and names the rows
     eager = ours[0]
     assert eager["speedup_vs_torch_eager"] == 1.0 and eager["gflop_per_image"] > 0
     assert ours[1]["psnr_vs_eager_db"] is None or ours[1]["psnr_vs_eager_db"] > 80  # FP32 export on the timed input

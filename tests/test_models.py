@@ -134,12 +134,13 @@ def test_paper_preset_builds_and_steps_at_batch_1():
     assert torch.isfinite(loss)
 
 
-def test_label_stem_lookup_equals_the_conv_on_the_one_hot_map():
-    """Exported graphs compute the label stem as 9 table lookups: the same numbers as the conv, ids out of range
+@pytest.mark.parametrize("stem_kernel", [3, 1])
+def test_label_stem_lookup_equals_the_conv_on_the_one_hot_map(stem_kernel):
+    """Exported graphs compute the label stem as k*k table lookups: the same numbers as the conv, ids out of range
     (negative, K, beyond) included, and the eval-mode generator equals the conv path."""
     torch.manual_seed(0)
     cfg = GeneratorConfig(base_channels=8, channel_mults=[2, 1], label_channels=8, attn_levels=1, attn_heads=2,
-                          noise_tokens=4, noise_dim=8, spade_hidden=8)
+                          noise_tokens=4, noise_dim=8, spade_hidden=8, stem_kernel=stem_kernel)
     g = Generator(6, cfg).eval()
     label = torch.randint(-2, 9, (3, 16, 20), dtype=torch.int32)  # -2..8: valid ids 0..5 and invalid ones
     noise = torch.randn(3, *g.noise_shape)
@@ -152,3 +153,65 @@ def test_label_stem_lookup_equals_the_conv_on_the_one_hot_map():
         g.encoder.train()  # training mode: the conv path
         by_conv = g(label, noise)
     assert torch.allclose(by_lookup, by_conv, atol=1e-5)
+
+
+LEAN_G = GeneratorConfig(base_channels=8, channel_mults=[4, 2, 2, 1], label_channels=16, attn_levels=1,
+                         attn_heads=2, noise_tokens=4, noise_dim=8, spade_hidden=16, context_levels=2,
+                         stem_kernel=1, spade_kernel=1)
+
+
+def test_lean_fine_scales_have_no_context_block_and_cost_less():
+    """context_levels / stem_kernel / spade_kernel: context blocks on the lowest scales only, 1x1 laterals, scale
+    and shift convs and stem on the fine ones; noise still reaches the image through the coarse cross-attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    lean = Generator(5, LEAN_G)
+    _randomise_zero_init(lean)
+    lean.eval()
+    full = Generator(5, GeneratorConfig(**{**vars(LEAN_G), "context_levels": None, "stem_kernel": 3, "spade_kernel": 3}))
+    assert len(lean.encoder.context) == 2 and len(full.encoder.context) == 4
+    assert [m.kernel_size for m in lean.encoder.lateral] == [(3, 3), (3, 3), (1, 1), (1, 1)]
+    assert lean.encoder.stem[0].kernel_size == (1, 1) and lean.blocks[-1][0].norm0.gamma.kernel_size == (1, 1)
+    label = torch.randint(0, 5, (2, 32, 32))
+    n1, n2 = torch.randn(2, *lean.noise_shape), torch.randn(2, *lean.noise_shape)
+    with torch.no_grad():
+        a, b = lean(label, n1), lean(label, n2)
+    assert a.shape == (2, 3, 32, 32) and (a - b).abs().mean() > 1e-3
+
+    def flops(g):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            g.eval()(label, n1)
+        return fc.get_total_flops()
+
+    assert flops(lean) < 0.6 * flops(full)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.generator.context_levels=1", "context_levels"),  # below attn_levels (2)
+    ("model.generator.context_levels=9", "context_levels"),
+    ("model.generator.spade_kernel=5", "spade_kernel"),
+    ("model.generator.stem_kernel=2", "stem_kernel"),
+])
+def test_lean_options_are_validated(override, message):
+    from train.config import load_config
+    from train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("synthetic-tiny", [override])
+
+
+def test_generator_info_without_the_lean_keys_loads_the_full_design():
+    """Checkpoints written before the lean options existed load with the design they were trained with."""
+    import dataclasses
+    import json
+
+    from train.checkpoint import GeneratorInfo
+
+    info = GeneratorInfo(num_classes=5, generator=TINY_G, class_names=[f"c{i}" for i in range(5)],
+                         palette=[[i, i, i] for i in range(5)], image_size=[32, 32])
+    d = json.loads(info.to_json())
+    for key in ("context_levels", "stem_kernel", "spade_kernel"):
+        del d["generator"][key]
+    back = GeneratorInfo.from_json(json.dumps(d))
+    assert back.generator == dataclasses.replace(TINY_G, context_levels=None, stem_kernel=3, spade_kernel=3)

@@ -38,6 +38,15 @@ class GeneratorConfig:
     blocks_per_stage: int = 1
     spade_hidden: int = 128
     """Hidden width of each SPADE modulation network."""
+    context_levels: int | None = None
+    """How many of the lowest resolutions of the label encoder get a context block (cross-attention to the noise
+    tokens, and self-attention at the ``attn_levels`` lowest); finer scales receive that context through the
+    top-down pass only. None: every scale (the full-resolution blocks cost most of an edge CPU's time)."""
+    stem_kernel: int = 3
+    """Kernel of the label stem conv over the one-hot map (3 or 1; 1 is an embedding: one lookup per pixel)."""
+    spade_kernel: int = 3
+    """Kernel of the per-norm scale/shift convs of the modulation (3 or 1). The shared conv before them stays 3x3,
+    so 1 keeps a 5x5 receptive field on the label features at 9x fewer operations in the largest layers."""
 
 
 @dataclass
@@ -303,6 +312,12 @@ def validate(cfg: Config) -> None:
         )
     if not 0 <= g.attn_levels <= len(g.channel_mults):
         raise ConfigError(f"model.generator.attn_levels must be within 0..{len(g.channel_mults)}.")
+    if g.context_levels is not None and not g.attn_levels <= g.context_levels <= len(g.channel_mults):
+        raise ConfigError(f"model.generator.context_levels must be within attn_levels ({g.attn_levels}).."
+                          f"{len(g.channel_mults)}, or null for every scale.")
+    for key in ("stem_kernel", "spade_kernel"):
+        if getattr(g, key) not in (1, 3):
+            raise ConfigError(f"model.generator.{key} must be 1 or 3, not {getattr(g, key)}.")
     if g.label_channels % g.attn_heads:
         raise ConfigError("model.generator.label_channels must be divisible by model.generator.attn_heads.")
     if cfg.train.batch_size < 1 or cfg.train.steps < 0:

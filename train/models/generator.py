@@ -8,9 +8,9 @@ no data-dependent Python control flow, so the module exports to ONNX, torch.expo
 
 Structure
 - Label encoder: the full-resolution one-hot map goes through a conv stem and stride-2 convs down to the lowest
-  resolution. At every scale the features cross-attend to the noise tokens (that is how noise enters); at the
-  ``attn_levels`` lowest scales they also self-attend over all positions, so each region sees the whole layout.
-  A top-down pass (upsample + add) brings that context back to the fine scales.
+  resolution. At every scale (or the ``context_levels`` lowest) the features cross-attend to the noise tokens
+  (that is how noise enters); at the ``attn_levels`` lowest scales they also self-attend over all positions, so
+  each region sees the whole layout. A top-down pass (upsample + add) brings that context to the fine scales.
 - Image branch: starts from the label map average-pooled to the lowest resolution and upsamples x2 per stage;
   each residual block is modulated (SPADE-style: parameter-free batch norm, then per-pixel scale and shift
   predicted from the label encoder's features at that scale). A final conv + tanh gives RGB.
@@ -96,32 +96,40 @@ class LabelEncoder(nn.Module):
         super().__init__()
         ch = cfg.label_channels
         levels = len(cfg.channel_mults)
-        self.stem = nn.Sequential(nn.Conv2d(num_classes, ch, 3, padding=1), nn.LeakyReLU(0.2))
+        k = cfg.stem_kernel
+        self.stem = nn.Sequential(nn.Conv2d(num_classes, ch, k, padding=k // 2), nn.LeakyReLU(0.2))
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(ch, ch, 3, stride=2, padding=1), nn.LeakyReLU(0.2)) for _ in range(levels - 1)
         )
-        # context[i] acts on scale i counted from the lowest resolution
+        # context[i] acts on scale i counted from the lowest resolution; finer scales have none
+        n_context = levels if cfg.context_levels is None else cfg.context_levels
         self.context = nn.ModuleList(
-            ContextBlock(ch, cfg.noise_dim, cfg.attn_heads, self_attention=i < cfg.attn_levels) for i in range(levels)
+            ContextBlock(ch, cfg.noise_dim, cfg.attn_heads, self_attention=i < cfg.attn_levels) for i in range(n_context)
         )
-        self.lateral = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(levels))
+        # a 3x3 lateral conv after a context block; 1x1 on the scales without one, where it would only stack a
+        # second linear 3x3 on the modulation's shared 3x3 conv
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(ch, ch, 3, padding=1) if i < n_context else nn.Conv2d(ch, ch, 1) for i in range(levels)
+        )
 
     def stem_by_lookup(self, label: torch.Tensor) -> torch.Tensor:
-        """``stem(one_hot(label))`` without the convolution: a 3x3 conv on a one-hot map adds, for each of the 9
-        offsets, the weight column of the class found there, so it is 9 table lookups (Gather) and adds. Same
-        numbers up to float summation order, about K*9 times fewer operations (K classes): at 256x256 with 151
-        classes the conv is 11 GFLOP of the graph, and quantizers keep it float. Used outside training."""
+        """``stem(one_hot(label))`` without the convolution: a kxk conv on a one-hot map adds, for each of the k*k
+        offsets, the weight column of the class found there, so it is k*k table lookups (Gather) and adds. Same
+        numbers up to float summation order, about K*k*k times fewer operations (K classes): at 256x256 with 151
+        classes a 3x3 stem is 11 GFLOP of the graph, and quantizers keep it float. Used outside training."""
         conv = self.stem[0]
-        k = conv.in_channels
-        table = conv.weight.permute(2, 3, 1, 0)  # [3, 3, K, C]
-        table = torch.cat([table, table.new_zeros(3, 3, 1, table.shape[-1])], dim=2)  # id K: no class (zero)
+        k, size = conv.in_channels, conv.kernel_size[0]
+        table = conv.weight.permute(2, 3, 1, 0)  # [k, k, K, C]
+        table = torch.cat([table, table.new_zeros(size, size, 1, table.shape[-1])], dim=2)  # id K: no class (zero)
         none = torch.full_like(label, k)
         ids = torch.where(label < 0, none, torch.where(label > k, none, label))  # ids outside 0..K-1: no class
-        ids = F.pad(ids, (1, 1, 1, 1), value=k).long()  # zero padding of the conv = the empty class
-        window = (slice(0, -2), slice(1, -1), slice(2, None))  # constant slices: static H, W in exported graphs
+        pad = size // 2
+        ids = F.pad(ids, (pad, pad, pad, pad), value=k).long()  # zero padding of the conv = the empty class
+        # constant slices: static H, W in exported graphs
+        window = [slice(d, d - 2 * pad if d < 2 * pad else None) for d in range(size)]
         out = conv.bias.view(1, 1, 1, -1)
-        for dy in range(3):
-            for dx in range(3):
+        for dy in range(size):
+            for dx in range(size):
                 out = out + F.embedding(ids[:, window[dy], window[dx]], table[dy, dx])  # [N, H, W, C]
         return self.stem[1](out.permute(0, 3, 1, 2))
 
@@ -136,7 +144,8 @@ class LabelEncoder(nn.Module):
         for i, f in enumerate(feats):
             if prev is not None:
                 f = f + F.interpolate(prev, scale_factor=2.0, mode="nearest")
-            f = self.context[i](f, noise)
+            if i < len(self.context):
+                f = self.context[i](f, noise)
             prev = f
             outs.append(self.lateral[i](f))
         return outs
@@ -145,11 +154,11 @@ class LabelEncoder(nn.Module):
 class SPADE(nn.Module):
     """Parameter-free batch norm, then per-pixel scale/shift predicted from the block's modulation features."""
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, kernel: int = 3):
         super().__init__()
         self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
-        self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.gamma = nn.Conv2d(hidden, channels, kernel, padding=kernel // 2)
+        self.beta = nn.Conv2d(hidden, channels, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
@@ -159,17 +168,17 @@ class SPADEResBlock(nn.Module):
     """Residual block whose norms are modulated by the label encoder's features. The label features go through
     one shared conv per block (not one per norm, as in SPADE): a third of the modulation cost, same outputs."""
 
-    def __init__(self, cin: int, cout: int, cond_channels: int, hidden: int):
+    def __init__(self, cin: int, cout: int, cond_channels: int, hidden: int, kernel: int = 3):
         super().__init__()
         mid = min(cin, cout)
         self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU())
-        self.norm0 = SPADE(cin, hidden)
+        self.norm0 = SPADE(cin, hidden, kernel)
         self.conv0 = nn.Conv2d(cin, mid, 3, padding=1)
-        self.norm1 = SPADE(mid, hidden)
+        self.norm1 = SPADE(mid, hidden, kernel)
         self.conv1 = nn.Conv2d(mid, cout, 3, padding=1)
         self.skip = None
         if cin != cout:
-            self.skip_norm = SPADE(cin, hidden)
+            self.skip_norm = SPADE(cin, hidden, kernel)
             self.skip = nn.Conv2d(cin, cout, 1, bias=False)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -194,8 +203,9 @@ class Generator(nn.Module):
         blocks = []
         for i, c in enumerate(chans):
             cin = chans[i - 1] if i > 0 else chans[0]
-            stage = [SPADEResBlock(cin, c, cfg.label_channels, cfg.spade_hidden)]
-            stage += [SPADEResBlock(c, c, cfg.label_channels, cfg.spade_hidden) for _ in range(cfg.blocks_per_stage - 1)]
+            stage = [SPADEResBlock(cin, c, cfg.label_channels, cfg.spade_hidden, cfg.spade_kernel)]
+            stage += [SPADEResBlock(c, c, cfg.label_channels, cfg.spade_hidden, cfg.spade_kernel)
+                      for _ in range(cfg.blocks_per_stage - 1)]
             blocks.append(nn.ModuleList(stage))
         self.blocks = nn.ModuleList(blocks)
         self.to_rgb = nn.Conv2d(chans[-1], 3, 3, padding=1)
