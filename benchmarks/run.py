@@ -4,6 +4,11 @@ generator (and, optionally, of a peer generator through the same backends).
     python -m benchmarks.run --checkpoint runs/synthetic-tiny                 # a trained generator
     python -m benchmarks.run --preset ade20k-256 --size 256                  # paper-size generator (random weights)
     python -m benchmarks.run --preset ade20k-256 --peer benchmarks.peers:oasis_generator
+    python -m benchmarks.run --preset ade20k-256 --device cuda --batches 1,16 --compile --peer benchmarks.peers:oasis_generator
+
+On CUDA the torch rows are eager FP32, eager FP16 and FP16 replayed from a CUDA graph (plus torch.compile
+"reduce-overhead" with --compile), for ours and for the peer; artifacts whose runtime is missing (a CUDA build of
+ONNX Runtime, TensorRT) are reported as skipped.
 
 Everything is timed in one process, one after the other, so the ratios are comparable even on shared machines
 whose absolute timings drift. For each (model, target, precision): median and p90 latency of ``--runs`` calls after
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -58,6 +64,16 @@ def cpu_peak_gflops() -> tuple[float | None, str]:
     return peak, f"{model}, {cores} threads, ~{max(mhz) / 1000:.2f} GHz, {per_cycle} FP32 FLOP/cycle"
 
 
+# Dense FP16/BF16 tensor-core peak (TFLOP/s, no sparsity) from NVIDIA's data sheets, matched on the device name.
+GPU_FP16_PEAK_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.0),
+                        ("L4", 121.0), ("T4", 65.0)]
+
+
+def gpu_peak_gflops(name: str) -> float | None:
+    """Dense FP16 tensor peak of a GPU named ``name`` in GFLOP/s, None when it is not in the table."""
+    return next((tflops * 1000 for key, tflops in GPU_FP16_PEAK_TFLOPS if key in name), None)
+
+
 def gflops_per_image(module: Any, input_size, noise_shape) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -90,6 +106,103 @@ def time_calls(fn, runs: int, warmup: int) -> dict[str, float]:
     times.sort()
     return {"median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * times[min(len(times) - 1, int(0.9 * len(times)))],
             "min_ms": 1000 * times[0], "runs": runs}
+
+
+def torch_runner(module, device: str = "cpu", dtype=None, cuda_graph: bool = False):
+    """``fn(label, noise) -> float32 numpy image`` running a copy of ``module`` on ``device`` in ``dtype``.
+
+    The host->device copy of the inputs and the device->host copy of the image are inside the call: that is what
+    an application pays, and on CUDA the copy out waits for the GPU, so wall-clock timing is correct.
+    ``cuda_graph`` captures the generator once per input shape (after warm-up on a side stream) and replays it:
+    it removes the per-kernel launch cost that dominates batch-1 latency on a GPU."""
+    import copy
+
+    import torch
+
+    dtype = dtype or torch.float32
+    if cuda_graph and not str(device).startswith("cuda"):
+        raise ValueError("cuda_graph=True needs a CUDA device")
+    model = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
+    graphs: dict[tuple, tuple] = {}
+
+    def run(label: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            lab = torch.from_numpy(label).to(device)
+            noi = torch.from_numpy(noise).to(device=device, dtype=dtype)
+            if not cuda_graph:
+                return model(lab, noi).float().cpu().numpy()
+            key = (tuple(lab.shape), tuple(noi.shape))
+            if key not in graphs:
+                static_lab, static_noi = lab.clone(), noi.clone()
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        model(static_lab, static_noi)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_out = model(static_lab, static_noi)
+                graphs[key] = (graph, static_lab, static_noi, static_out)
+            graph, static_lab, static_noi, static_out = graphs[key]
+            static_lab.copy_(lab)
+            static_noi.copy_(noi)
+            graph.replay()
+            return static_out.float().cpu().numpy()
+
+    run.model = model  # the copy, for torch.compile
+    return run
+
+
+def torch_runners(module, device: str, compile_too: bool) -> dict[str, Any]:
+    """The torch rows of one generator: eager FP32 everywhere; on CUDA also eager FP16 and FP16 replayed from a
+    CUDA graph (and torch.compile "reduce-overhead" with --compile); on the CPU torch.compile FP32 with --compile."""
+    import torch
+
+    runners = {"torch eager fp32": torch_runner(module, device)}
+    if device == "cuda":
+        runners["torch eager fp16"] = torch_runner(module, device, torch.float16)
+        runners["torch fp16 cuda graph"] = torch_runner(module, device, torch.float16, cuda_graph=True)
+    if compile_too:
+        base = torch_runner(module, device, torch.float16 if device == "cuda" else torch.float32)
+        compiled = torch.compile(base.model, mode="reduce-overhead" if device == "cuda" else None)
+        dtype = torch.float16 if device == "cuda" else torch.float32
+
+        def comp(label, noise):
+            with torch.no_grad():
+                lab = torch.from_numpy(label).to(device)
+                return compiled(lab, torch.from_numpy(noise).to(device=device, dtype=dtype)).float().cpu().numpy()
+
+        runners[f"torch compiled {'fp16' if device == 'cuda' else 'fp32'}"] = comp
+    return runners
+
+
+def reset_gpu_peak(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peak_mib(device: str) -> dict[str, float]:
+    """Peak of torch's CUDA allocator since the last reset (torch backends; TensorRT and ONNX Runtime allocate
+    outside it, so their rows show what torch alone held)."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
+
+def free_gpu(device: str) -> None:
+    if device == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def inputs(batch: int, input_size, noise_shape, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +310,6 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
 
 
 def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
-    import torch
 
     from runtimes import load_predictor
 
@@ -210,6 +322,7 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
     def record(label: str, fn_for_batch, psnr=None, size_bytes=None):
         for batch in args.batches:
             label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
+            reset_gpu_peak(args.device)
             timing = time_calls(lambda a=label_np, b=noise_np: fn_for_batch(a, b), args.runs, args.warmup)
             output = np.asarray(fn_for_batch(label_np, noise_np), dtype=np.float32)
             references.setdefault(batch, output)
@@ -218,7 +331,7 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
                    "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
                    "achieved_gflops": round(flops / per_image_s, 1), "rss_mib": round(rss_mib(), 1),
                    "psnr_vs_fp32_db": psnr, "psnr_vs_eager_db": psnr_db(references[batch], output),
-                   "bytes": size_bytes}
+                   "bytes": size_bytes, **gpu_peak_mib(args.device)}
             if peak:
                 row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
             rows.append(row)
@@ -226,24 +339,18 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
                 f"p90 {timing['p90_ms']:8.2f} ms  {row['images_per_s']:8.2f} img/s")
 
     generator = generator.eval()
-
-    def eager(label, noise):
-        with torch.no_grad():
-            return generator(torch.from_numpy(label), torch.from_numpy(noise)).numpy()
-
-    record("torch eager fp32", eager)
-    if args.compile:
-        compiled = torch.compile(generator)
-
-        def comp(label, noise):
-            with torch.no_grad():
-                return compiled(torch.from_numpy(label), torch.from_numpy(noise)).numpy()
-
-        record("torch compiled fp32", comp)
+    for label, runner in torch_runners(generator, args.device, args.compile).items():
+        record(label, runner)
+        del runner
+    free_gpu(args.device)
 
     artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log, args.min_psnr, size)
     for spec, path in artifacts.items():
-        predictor = load_predictor(path, device=args.device)
+        try:
+            predictor = load_predictor(path, device=args.device)
+        except Exception as e:  # noqa: BLE001 - e.g. no CUDA build of onnxruntime, no TensorRT: time the rest
+            log(f"[bench] skipped {spec} on {args.device}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
         quality = predictor.manifest.quality or {}
         size_bytes = sum(f.bytes for f in predictor.manifest.files)
         first = len(rows)
@@ -279,6 +386,9 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
     head = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "x torch eager", "PSNR dB (export)",
             "PSNR dB (this input)", "GFLOP/img",
             "% peak", "RSS MiB", "own peak MiB", "size"]
+    on_gpu = any("gpu_peak_mib" in r for r in rows)
+    if on_gpu:  # torch's CUDA allocator peak of that row instead of the CPU predictor's own-process peak
+        head[-2] = "GPU peak MiB (torch)"
     lines = [f"# dp-sims benchmark ({meta['device']})", "", f"{meta['when']}, {meta['runs']} runs after "
              f"{meta['warmup']} warm-up calls, one process.", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
@@ -289,7 +399,8 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
             r["model"], r["backend"], r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
             r["speedup_vs_torch_eager"], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
             r["psnr_vs_eager_db"] if r.get("psnr_vs_eager_db") is not None else "-",
-            r["gflop_per_image"], pct, r["rss_mib"], r.get("own_peak_mib") or "-", size]) + " |")
+            r["gflop_per_image"], pct, r["rss_mib"], r.get("gpu_peak_mib" if on_gpu else "own_peak_mib") or "-",
+            size]) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     bar_chart([r for r in rows if r["batch"] == rows[0]["batch"]], out / "latency.png")
 
@@ -347,13 +458,27 @@ def main(argv: list[str] | None = None) -> int:
     args.artifacts = [a for a in args.artifacts.split(",") if a]
     args.batches = [int(b) for b in args.batches.split(",")]
     if args.device == "cuda":
-        args.artifacts = [a for a in args.artifacts if not a.startswith("openvino")] + ["tensorrt:int8"]
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda needs a CUDA GPU and a CUDA build of torch (torch.cuda.is_available() is "
+                         "False here); run without --device for the CPU backends.")
+        args.artifacts = [a for a in args.artifacts if not a.startswith("openvino")]
+        if importlib.util.find_spec("tensorrt") is not None and "tensorrt:int8" not in args.artifacts:
+            args.artifacts.append("tensorrt:int8")
 
     sys.path.insert(0, str(ROOT))
     out = Path(args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    peak, device = cpu_peak_gflops() if args.device == "cpu" else (None, "cuda")
+    if args.device == "cpu":
+        peak, device = cpu_peak_gflops()
+    else:
+        import torch
+
+        gpu = torch.cuda.get_device_name()
+        peak = gpu_peak_gflops(gpu)
+        device = f"{gpu}, % peak of its dense FP16 tensor peak" if peak else gpu
     name, generator, info = load_model(args)
     rows = bench_model(name, generator, info, args, out, peak, log)
     for spec in args.peer:
@@ -368,12 +493,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def peer_cpu_runners(peer, size, onnx_path: Path) -> dict[str, Any]:
+    """ONNX Runtime FP32 and OpenVINO (FP32, and its default precision) runners of a peer's plain ONNX export."""
+    from export.onnx import export_fp32, session_runner
+
+    export_fp32(peer.eval(), size, onnx_path)
+    runners = {"onnx fp32": lambda lab, n, r=session_runner(onnx_path): r({"label": lab, "noise": n})}
+    try:
+        import openvino as ov
+    except ImportError:
+        return runners
+    core = ov.Core()
+    default = core.compile_model(str(onnx_path), "CPU")
+    f32 = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    runners["openvino fp32"] = lambda lab, n, c=f32: c({"label": lab, "noise": n})
+    runners["openvino default"] = lambda lab, n, c=default: c({"label": lab, "noise": n})
+    return runners
+
+
 def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
     """A peer generator through torch eager and the same ONNX Runtime / OpenVINO conversions (default settings:
     what a user of that model gets by exporting it), without our export pipeline (it has no checkpoint format)."""
     import torch
-
-    from export.onnx import export_fp32, session_runner
 
     size = tuple(args.size or info.image_size)
     noise_shape = tuple(peer.noise_shape)
@@ -381,23 +522,13 @@ def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[s
     name = spec.split(":")[-1]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "peer.onnx"
-        export_fp32(peer.eval(), size, onnx_path)
-        runners = {"torch eager fp32": lambda lab, n: peer(torch.from_numpy(lab), torch.from_numpy(n))}
-        runners["onnx fp32"] = lambda lab, n, r=session_runner(onnx_path): r({"label": lab, "noise": n})
-        try:
-            import openvino as ov
-
-            core = ov.Core()
-            default = core.compile_model(str(onnx_path), "CPU")
-            f32 = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            runners["openvino fp32"] = lambda lab, n, c=f32: c({"label": lab, "noise": n})
-            runners["openvino default"] = lambda lab, n, c=default: c({"label": lab, "noise": n})
-        except ImportError:
-            pass
+        runners = torch_runners(peer, args.device, args.compile)
+        if args.device == "cpu":  # on CUDA the peer's ONNX Runtime / OpenVINO CPU rows belong to the CPU run
+            runners.update(peer_cpu_runners(peer, size, Path(tmp) / "peer.onnx"))
         for label, fn in runners.items():
             for batch in args.batches:
                 label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
+                reset_gpu_peak(args.device)
                 with torch.no_grad():
                     timing = time_calls(lambda f=fn, a=label_np, b=noise_np: f(a, b), args.runs, args.warmup)
                 per_image_s = timing["median_ms"] / 1000 / batch
@@ -405,6 +536,7 @@ def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[s
                              **{k: round(v, 3) for k, v in timing.items()}, "images_per_s": round(1 / per_image_s, 2),
                              "gflop_per_image": round(flops, 2), "achieved_gflops": round(flops / per_image_s, 1),
                              "rss_mib": round(rss_mib(), 1), "psnr_vs_fp32_db": None, "bytes": None,
+                             **gpu_peak_mib(args.device),
                              **({"fraction_of_peak": round(flops / per_image_s / peak, 4)} if peak else {})})
                 log(f"[bench] peer {name:>23} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms")
     return rows

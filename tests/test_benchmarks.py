@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from runtime_artifacts import shared_artifacts
 
@@ -76,3 +77,75 @@ def test_predictor_memory_child_process(artifacts):
     assert mem["peak_mib"] < current_rss_mib()  # the child's own peak, not one inherited from its parent
     assert mem["peak_mib"] >= mem["loaded_mib"] >= mem["base_mib"] > 10
     assert mem["peak_over_base_mib"] == pytest.approx(mem["peak_mib"] - mem["base_mib"], abs=0.2)
+
+
+def _tiny_generator():
+    import torch
+
+    from train.config import GeneratorConfig
+    from train.models.generator import Generator
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(base_channels=8, channel_mults=[2, 2, 1], label_channels=8, attn_levels=1, attn_heads=2,
+                          noise_tokens=4, noise_dim=8, spade_hidden=8)
+    g = Generator(5, cfg).eval()
+    for name, p in g.named_parameters():  # live attention outputs, so the noise matters
+        if ".out." in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return g
+
+
+def test_torch_runner_copies_the_model_and_matches_eager():
+    """The torch rows run a converted copy (the caller's module keeps its dtype) and give the module's images."""
+    import torch
+
+    from benchmarks.run import inputs, psnr_db, torch_runner, torch_runners
+
+    g = _tiny_generator()
+    label, noise = inputs(2, (16, 16), g.noise_shape, 5)
+    with torch.no_grad():
+        expected = g(torch.from_numpy(label), torch.from_numpy(noise)).numpy()
+    fp32 = torch_runner(g, "cpu")
+    assert np.array_equal(fp32(label, noise), expected)
+    bf16 = torch_runner(g, "cpu", torch.bfloat16)(label, noise)
+    assert bf16.dtype == np.float32 and bf16.shape == expected.shape
+    assert 20 < psnr_db(expected, bf16) < 80  # computed in bf16, not a silent float32 run
+    assert next(g.parameters()).dtype == torch.float32
+    assert list(torch_runners(g, "cpu", compile_too=False)) == ["torch eager fp32"]
+    with pytest.raises(ValueError, match="CUDA"):
+        torch_runner(g, "cpu", cuda_graph=True)
+
+
+def test_gpu_peak_table_and_cuda_request_without_a_gpu(tmp_path, capsys):
+    import torch
+
+    from benchmarks import run as bench
+
+    assert bench.gpu_peak_gflops("NVIDIA H100 80GB HBM3") == 989_400
+    assert bench.gpu_peak_gflops("NVIDIA H100 PCIe") == 756_000
+    assert bench.gpu_peak_gflops("NVIDIA GeForce GTX 1080") is None
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda", "--out", str(tmp_path)])
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cuda_rows_fp16_and_cuda_graph_match_fp32():
+    """On a GPU: FP16 eager and its CUDA-graph replay agree with FP32, and replays follow new inputs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from benchmarks.run import inputs, psnr_db, torch_runners
+
+    g = _tiny_generator()
+    runners = torch_runners(g, "cuda", compile_too=False)
+    assert list(runners) == ["torch eager fp32", "torch eager fp16", "torch fp16 cuda graph"]
+    for seed in (0, 1):  # the second call replays the captured graph with new inputs
+        label, noise = inputs(2, (16, 16), g.noise_shape, 5, seed=seed)
+        ref = runners["torch eager fp32"](label, noise)
+        assert psnr_db(ref, runners["torch eager fp16"](label, noise)) > 40
+        assert np.allclose(runners["torch fp16 cuda graph"](label, noise), runners["torch eager fp16"](label, noise),
+                           atol=2e-3)
