@@ -108,13 +108,15 @@ def time_calls(fn, runs: int, warmup: int) -> dict[str, float]:
             "min_ms": 1000 * times[0], "runs": runs}
 
 
-def torch_runner(module, device: str = "cpu", dtype=None, cuda_graph: bool = False):
-    """``fn(label, noise) -> float32 numpy image`` running a copy of ``module`` on ``device`` in ``dtype``.
+def torch_runner(module, device: str = "cpu", dtype=None, cuda_graph: bool = False, compiled: bool = False):
+    """``fn(label, noise) -> float32 numpy image`` running ``module`` on ``device`` in ``dtype`` (a converted copy
+    when it lives elsewhere or in another dtype: the caller's module is left as it is).
 
     The host->device copy of the inputs and the device->host copy of the image are inside the call: that is what
     an application pays, and on CUDA the copy out waits for the GPU, so wall-clock timing is correct.
     ``cuda_graph`` captures the generator once per input shape (after warm-up on a side stream) and replays it:
-    it removes the per-kernel launch cost that dominates batch-1 latency on a GPU."""
+    it removes the per-kernel launch cost that dominates batch-1 latency on a GPU. ``compiled`` runs it through
+    ``torch.compile`` ("reduce-overhead", i.e. with CUDA graphs, on CUDA)."""
     import copy
 
     import torch
@@ -122,7 +124,13 @@ def torch_runner(module, device: str = "cpu", dtype=None, cuda_graph: bool = Fal
     dtype = dtype or torch.float32
     if cuda_graph and not str(device).startswith("cuda"):
         raise ValueError("cuda_graph=True needs a CUDA device")
-    model = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
+    target = torch.device(device).type
+    if all(p.device.type == target and p.dtype == dtype for p in module.parameters()):
+        model = module.eval()
+    else:
+        model = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
+    if compiled:
+        model = torch.compile(model, mode="reduce-overhead" if target == "cuda" else None)
     graphs: dict[tuple, tuple] = {}
 
     def run(label: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -150,13 +158,12 @@ def torch_runner(module, device: str = "cpu", dtype=None, cuda_graph: bool = Fal
             graph.replay()
             return static_out.float().cpu().numpy()
 
-    run.model = model  # the copy, for torch.compile
     return run
 
 
 def torch_runners(module, device: str, compile_too: bool) -> dict[str, Any]:
     """The torch rows of one generator: eager FP32 everywhere; on CUDA also eager FP16 and FP16 replayed from a
-    CUDA graph (and torch.compile "reduce-overhead" with --compile); on the CPU torch.compile FP32 with --compile."""
+    CUDA graph; with --compile, torch.compile in FP16 on CUDA and FP32 on the CPU."""
     import torch
 
     runners = {"torch eager fp32": torch_runner(module, device)}
@@ -164,16 +171,9 @@ def torch_runners(module, device: str, compile_too: bool) -> dict[str, Any]:
         runners["torch eager fp16"] = torch_runner(module, device, torch.float16)
         runners["torch fp16 cuda graph"] = torch_runner(module, device, torch.float16, cuda_graph=True)
     if compile_too:
-        base = torch_runner(module, device, torch.float16 if device == "cuda" else torch.float32)
-        compiled = torch.compile(base.model, mode="reduce-overhead" if device == "cuda" else None)
+        precision = "fp16" if device == "cuda" else "fp32"
         dtype = torch.float16 if device == "cuda" else torch.float32
-
-        def comp(label, noise):
-            with torch.no_grad():
-                lab = torch.from_numpy(label).to(device)
-                return compiled(lab, torch.from_numpy(noise).to(device=device, dtype=dtype)).float().cpu().numpy()
-
-        runners[f"torch compiled {'fp16' if device == 'cuda' else 'fp32'}"] = comp
+        runners[f"torch compiled {precision}"] = torch_runner(module, device, dtype, compiled=True)
     return runners
 
 
@@ -310,7 +310,6 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
 
 
 def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
-
     from runtimes import load_predictor
 
     size = tuple(args.size or info.image_size)
@@ -341,8 +340,7 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
     generator = generator.eval()
     for label, runner in torch_runners(generator, args.device, args.compile).items():
         record(label, runner)
-        del runner
-    free_gpu(args.device)
+    free_gpu(args.device)  # the torch rows' GPU copies, before the artifacts load
 
     artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log, args.min_psnr, size)
     for spec, path in artifacts.items():

@@ -2,7 +2,8 @@
 # The checks only a CUDA GPU can run, as one short script for a lent GPU machine (its python3 already holds torch,
 # timm, onnx and onnxruntime). Writes logs and the benchmark report under ${OUT:-gpu-check}.
 #   1. pytest -m gpu: mixed-precision (bf16, fp16 + GradScaler) training steps; FP16 and CUDA-graph rows vs FP32.
-#   2. the paper-size benchmark on the GPU with the OASIS-size peer, batch 1 and 16 (issue 7's GPU targets).
+#   2. the paper-size benchmark on the GPU with the OASIS-size peer, batch 1 and 16 (batch-1 latency, batch-16
+#      FP16 throughput against the peer).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
