@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="run folder or generator file")
     src.add_argument("--preset", default="synthetic-tiny", help="config preset of a random-weight generator")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a value of --preset, e.g. --set model.generator.spade_kernel=1 (repeatable)")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--size", type=lambda s: [int(v) for v in s.lower().split("x")] * (1 if "x" in s else 2), default=None,

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from train.config import CONFIG_DIR, Config, load_config
 from train.errors import ConfigError
@@ -74,3 +75,15 @@ def test_cli_bad_dataset_folder_exit_2_and_writes_nothing(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "ADEChallengeData2016" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_cli_set_takes_several_overrides_per_flag(tmp_path):
+    """``--set a=1 b=2 --set c=3``: all three apply (the form the docs and config comments use)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "train", "--config", "synthetic-tiny", "--print-config",
+         "--set", "train.steps=7", "model.generator.stem_kernel=1", "--set", "train.batch_size=6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert (cfg["train"]["steps"], cfg["model"]["generator"]["stem_kernel"], cfg["train"]["batch_size"]) == (7, 1, 6)

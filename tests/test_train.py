@@ -113,3 +113,119 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a safetensors file at all")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_generator(bad)
+
+
+# ------------------------------------------------------------------------------------- several processes
+
+
+def torchrun(run: Path, *args: str, steps: int | None = None, timeout: int = 300, **popen) -> list[str]:
+    """``python -m torch.distributed.run`` with two CPU processes (gloo) on the tiny config."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *args]
+    if "--resume" not in args:
+        cmd += ["--config", "synthetic-tiny", "--out", str(run), "--set", *TINY, "train.ckpt_every=3"]
+    if steps is not None:
+        cmd += ["--set", f"train.steps={steps}"]
+    return cmd
+
+
+def test_torchrun_two_processes_share_the_global_batch_and_resume_exactly(tmp_path):
+    """DDP on the CPU: the two ranks train one model on halves of the batch; rank 0 alone writes; a run split
+    by a checkpoint (every rank's random state saved) ends with exactly the weights of the straight run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(cmd):
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        return r
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    out = launch(torchrun(straight, steps=6)).stdout
+    assert out.count("run folder:") == 1, "only rank 0 prints the summary"
+    launch(torchrun(split, steps=3))
+    launch(torchrun(split, "--resume", str(split), steps=6))
+
+    assert [r["step"] for r in read_metrics(straight)] == [5, 6]  # one record per step, from rank 0 only
+    state = json.loads((last_checkpoint(straight) / "state.json").read_text())
+    assert state["world"] == 2 and len(state["ranks"]) == 2
+    assert state["ranks"][0]["noise_gen"] != state["ranks"][1]["noise_gen"], "ranks must draw different noise"
+    assert state["pos"]["index"] == 6 * 2  # per-rank samples: global batch 4 over 2 processes
+    from safetensors.torch import load_file
+
+    for name in ("generator", "generator_ema", "discriminator", "optimizer_g"):
+        a = load_file(last_checkpoint(straight) / f"{name}.safetensors")
+        b = load_file(last_checkpoint(split) / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}/{k} differs after a DDP resume"
+    losses_at = [{r["step"]: r["loss_g"] for r in read_metrics(run)} for run in (straight, split)]
+    assert losses_at[0][5] == losses_at[1][5] and losses_at[0][6] == losses_at[1][6]
+
+
+def _agree_worker(rank: int, world: int, init: str, results) -> None:
+    import torch.distributed as dist
+
+    from train.errors import TrainingDiverged
+    from train.loop import Dist, _check_finite, agree
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        dinfo, cpu = Dist(rank, world, rank), torch.device("cpu")
+        flags = agree(dinfo, cpu, rank == 1, False)
+        value = float("nan") if rank == 1 else 1.0
+        try:
+            _check_finite(3, {"loss_d": torch.tensor(value)}, dinfo, cpu)
+            outcome = "went on"
+        except TrainingDiverged as e:
+            outcome = str(e)
+        results[rank] = (flags, outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_or_a_stop_on_one_rank_stops_every_rank(tmp_path):
+    """A lone rank that stopped would leave the others waiting in the next all-reduce forever."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_agree_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", results), nprocs=2, join=True)
+    for rank in (0, 1):
+        flags, outcome = results[rank]
+        assert flags == [True, False]
+        assert "diverged at step 4" in outcome
+    assert "loss_d=nan" in results[1][1] and "another process" in results[0][1]
+
+
+def test_global_batch_must_split_over_the_processes(tmp_path, monkeypatch):
+    from train.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"batch_size=4 is the global batch.*multiple of 3"):
+        train(tiny_cfg(2), tmp_path / "run")
+    assert not (tmp_path / "run").exists(), "nothing is written before the check"
+
+
+def test_a_split_smaller_than_the_batch_is_an_error_not_an_endless_wait(tmp_path):
+    from train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"holds 3 samples: too few for a batch of 4"):
+        train(tiny_cfg(2, "data.synthetic_length=3"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_interrupt_checkpoints_every_rank_at_the_same_step(tmp_path):
+    """Ctrl-C on torchrun: it passes SIGINT to each process; they agree on the step, write one checkpoint, exit."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(torchrun(run, steps=400), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, metrics = time.time() + 120, run / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    ck = last_checkpoint(run)
+    assert ck is not None, err[-3000:]
+    stopped_at = int(ck.name.split("_")[1])
+    assert 5 <= stopped_at < 400 and "stopped by interrupt" in err
+    state = json.loads((ck / "state.json").read_text())
+    assert state["step"] == stopped_at and len(state["ranks"]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -20,8 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description="Train DP-SIMS (semantic image synthesis GAN).")
     p.add_argument("--config", help="preset name (e.g. synthetic-tiny) or YAML file")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.batch_size=8 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.batch_size=8 train.steps=1000 (several per --set, --set repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--backbone-weights", metavar="PATH",
                    help="local weights of the discriminator backbone (.safetensors or a weights-only state dict)")
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs and prints
+    logging.basicConfig(level=logging.INFO if main_process else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
     except DpSimsError as e:
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from train.loop import train
 
     train(cfg, run_dir, resume=bool(args.resume))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     from train.checkpoint import last_checkpoint
 
     ck = last_checkpoint(run_dir)

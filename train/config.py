@@ -121,6 +121,7 @@ class LossConfig:
 class TrainConfig:
     steps: int = 200_000
     batch_size: int = 32
+    """The global batch: under torchrun each of the N processes takes batch_size / N (a multiple of N)."""
     lr_g: float = 1e-4
     lr_d: float = 4e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])

@@ -441,7 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", type=Path, nargs="+", metavar="REPORT.json",
                    help="print saved reports (eval.json files) side by side instead of evaluating")
     p.add_argument("--data", help="data preset or YAML config (default: the run's config.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.root=/data/ade (repeatable)")
     p.add_argument("--fid-weights", type=Path, metavar="FILE",
                    help="FID Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth from torch-fidelity's "

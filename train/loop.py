@@ -2,6 +2,9 @@
 discriminator update and one generator update, then logging, samples, evaluation and checkpoints.
 
 Runs on one CPU, one GPU, or several GPUs under torchrun (DDP, one process per GPU; rank 0 writes files).
+``train.batch_size`` is the global batch, split evenly over the processes, so a preset keeps its schedule on any
+number of GPUs. Decisions that end a step early (NaN loss, interrupt, time limit) are agreed between processes,
+and checkpoints hold every process's random state, so a resumed run continues exactly on the same world size.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,7 @@ from train.checkpoint import (
 )
 from train.config import Config, save_config
 from train.ema import make_ema, update_ema
-from train.errors import CheckpointError, TrainingDiverged
+from train.errors import CheckpointError, ConfigError, TrainingDiverged
 from train.models.discriminator import Discriminator
 from train.models.generator import Generator
 
@@ -83,12 +87,14 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.length, generator=g)[self.rank :: self.world].tolist()
+        # every rank gets the same number of samples (the last length % world of the permutation are left out),
+        # so all ranks turn epochs at the same step and keep the same position
+        order = torch.randperm(self.length, generator=g)[: len(self) * self.world][self.rank :: self.world].tolist()
         start, self.start = self.start, 0
         yield from order[start:]
 
     def __len__(self) -> int:
-        return (self.length - self.rank + self.world - 1) // self.world
+        return self.length // self.world
 
 
 @dataclass
@@ -120,6 +126,35 @@ def python_rng_state() -> dict[str, Any]:
         "python": repr(random.getstate()),
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
+
+
+def random_state(noise_gen: torch.Generator, mix_gen: torch.Generator) -> dict[str, Any]:
+    """This process's random state, JSON-able: the noise and mixing generators, torch (and CUDA), Python, NumPy."""
+    return {"noise_gen": noise_gen.get_state().tolist(), "mix_gen": mix_gen.get_state().tolist(),
+            **{k: v.tolist() for k, v in rng_state().items()}, **python_rng_state()}
+
+
+def restore_random_state(state: dict[str, Any], rng: dict[str, torch.Tensor], dinfo: Dist,
+                         noise_gen: torch.Generator, mix_gen: torch.Generator, pos: DataPosition) -> None:
+    """Continue every process's random streams from a checkpoint's state.json / rng tensors.
+
+    On the world size it was written with, each process takes its own saved state (exact continuation). On
+    another one the streams stay freshly seeded (seed, rank, step) and the epoch position is rescaled from the
+    samples all processes consumed; the run goes on, but not sample for sample as it would have."""
+    saved_world = int(state.get("world", 1))
+    if saved_world != dinfo.world:
+        pos.index = pos.index * saved_world // dinfo.world
+        if dinfo.main:
+            log.warning("resuming a %d-process checkpoint with %d processes: data order and noise continue from "
+                        "the same epoch position, not sample for sample", saved_world, dinfo.world)
+        return
+    if dinfo.world > 1:
+        own = state["ranks"][dinfo.rank]
+        rng = {k: torch.tensor(own[k], dtype=torch.uint8) for k in ("torch", "cuda") if k in own}
+        state = own
+    noise_gen.set_state(torch.tensor(state["noise_gen"], dtype=torch.uint8))
+    mix_gen.set_state(torch.tensor(state["mix_gen"], dtype=torch.uint8))
+    restore_rng(rng, state)
 
 
 def restore_rng(rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -165,13 +200,25 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     from train.data import build_dataset
     from train.samples import label_consistency_of_generator, write_sample_grid
 
-    dinfo, device = setup_distributed(cfg.train.device)
     tc, lc = cfg.train, cfg.loss
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tc.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} is the global batch and must split evenly over the {world} "
+            f"processes: use a multiple of {world} (e.g. --set train.batch_size={world * max(1, tc.batch_size // world)})."
+        )
+    dinfo, device = setup_distributed(cfg.train.device)
+    batch = tc.batch_size // dinfo.world  # per process
     torch.manual_seed(tc.seed + dinfo.rank)
     np.random.seed(tc.seed + dinfo.rank)
     random.seed(tc.seed + dinfo.rank)
     train_set = build_dataset(cfg.data, "train")  # a bad dataset fails here, before anything is written
     val_set = build_dataset(cfg.data, "val")
+    if len(train_set) // dinfo.world < batch:
+        raise ConfigError(
+            f"The training split holds {len(train_set)} samples: too few for a batch of {batch} per process "
+            f"(train.batch_size={tc.batch_size} over {dinfo.world} processes). Lower train.batch_size."
+        )
     run_dir = Path(run_dir)
     if dinfo.main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -179,9 +226,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     num_classes, ignore_id = train_set.num_classes, train_set.ignore_id
     sampler = ResumableSampler(len(train_set), tc.seed, dinfo.rank, dinfo.world)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
+        train_set, batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=False,
-        generator=torch.Generator().manual_seed(tc.seed),  # worker seeds must not consume the global RNG
+        generator=torch.Generator().manual_seed(tc.seed + dinfo.rank),  # worker seeds must not consume the global RNG
     )
 
     G = Generator(num_classes, cfg.model.generator).to(device)
@@ -202,13 +249,18 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp) if device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    state = RunState()
+    state, saved = RunState(), None
     if resume:
-        state = _resume(run_dir, G, G_ema, D, opt_g, opt_d, scaler, device)
+        state, saved = _resume(run_dir, G, G_ema, D, opt_g, opt_d, scaler, device)
         log.info("resumed %s at step %d", run_dir, state.step)
     if dinfo.world > 1:
+        if device.type == "cuda":  # batch statistics over the global batch, as on one device (CUDA-only module)
+            G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        # DDP copies rank 0's weights to every process (each rank initialised its own before)
         G = DDP(G, device_ids=[dinfo.local_rank] if device.type == "cuda" else None)
         D = DDP(D, device_ids=[dinfo.local_rank] if device.type == "cuda" else None)
+        if not resume:
+            G_ema.load_state_dict(_unwrap(G).state_dict())
 
     noise_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + dinfo.rank + state.step)
     mix_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 7 + dinfo.rank + state.step)
@@ -221,31 +273,41 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
 
     interrupted = {"flag": False}
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if interrupted["flag"]:
             raise KeyboardInterrupt
         interrupted["flag"] = True
-        log.warning("interrupt received: finishing this step and writing a checkpoint (press Ctrl-C again to abort)")
+        log.warning("%s received: finishing this step and writing a checkpoint (send it again to abort)",
+                    signal.Signals(signum).name)
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if dinfo.main else None
+    # Ctrl-C, and SIGTERM from a scheduler or from torchrun passing the interrupt on to each process
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint() -> None:
+        """Collective under DDP: every process hands its random state to rank 0, which writes."""
+        own = random_state(noise_gen, mix_gen)
+        ranks = None
+        if dinfo.world > 1:
+            ranks = [None] * dinfo.world
+            dist.all_gather_object(ranks, own)
         if dinfo.main:
             info.step = state.step
+            rng = {k: torch.tensor(own[k], dtype=torch.uint8) for k in ("torch", "cuda") if k in own}
             save_checkpoint(
                 run_dir, state.step, {"generator": _unwrap(G), "generator_ema": G_ema, "discriminator": _unwrap(D)},
                 {"g": opt_g, "d": opt_d}, info,
                 {"pos": vars(state.pos), "scaler": scaler.state_dict(), "best_consistency": state.best_consistency,
-                 "noise_gen": noise_gen.get_state().tolist(), "mix_gen": mix_gen.get_state().tolist(), **python_rng_state()},
-                rng_state(), keep=tc.keep_checkpoints,
+                 **{k: v for k, v in own.items() if k not in rng},
+                 **({"world": dinfo.world, "ranks": ranks} if ranks else {})},
+                rng, keep=tc.keep_checkpoints,
             )
 
-    if resume and (run_dir / "checkpoints" / "last").exists():
-        st, _ = load_training_state(last_checkpoint(run_dir))
-        noise_gen.set_state(torch.tensor(st["noise_gen"], dtype=torch.uint8))
-        mix_gen.set_state(torch.tensor(st["mix_gen"], dtype=torch.uint8))
+    if saved is not None:
+        restore_random_state(*saved, dinfo, noise_gen, mix_gen, state.pos)
 
-    data = batches(loader, sampler, state.pos, tc.batch_size)
+    data = batches(loader, sampler, state.pos, batch)
     metrics_file = open(run_dir / "metrics.jsonl", "a") if dinfo.main else None  # noqa: SIM115
     bar = tqdm(total=tc.steps, initial=state.step, disable=not dinfo.main, dynamic_ncols=True, desc="train")
     t_start, t_log, step_log = time.time(), time.time(), state.step
@@ -259,17 +321,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             # noise draw; its fakes are then reused, detached, by the discriminator step (one G forward per step)
             k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
             z1, z2 = sample_noise(n), sample_noise(k)
-            d_params = [p for p in _unwrap(D).parameters() if p.requires_grad] if dinfo.world == 1 else []
-            for p in d_params:  # D's weights need no gradient here (single process; DDP expects every grad)
+            # D's weights need no gradient here: the bare module (outside DDP, which would reduce them) with
+            # requires_grad off; gradients still flow through D into G
+            d_bare = _unwrap(D)
+            d_params = [p for p in d_bare.parameters() if p.requires_grad]
+            for p in d_params:
                 p.requires_grad_(False)
             with autocast():
                 fakes = G(torch.cat([label, label[:k]]), torch.cat([z1, z2]))
-                out_g = D(fakes)
+                out_g = d_bare(fakes)
                 loss_g_adv = losses.focal_n1_loss(out_g.logits, torch.cat([label, label[:k]]), True, lc.focal_gamma, lc.class_balance, ignore_id)
                 loss_nce = real.new_zeros(())
                 if lc.contrastive > 0:
                     with torch.no_grad():
-                        real_features = D(real).features
+                        real_features = d_bare(real).features
                     loss_nce = losses.patch_contrastive_loss(
                         out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
                     )
@@ -278,7 +343,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
                     loss_div = losses.diversity_loss(fakes[:k].float(), fakes[n:].float(), z1[:k], z2, lc.diversity_tau)
                 loss_g = loss_g_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
             terms_g = {"loss_g": loss_g, "loss_g_adv": loss_g_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div}
-            _check_finite(state.step, terms_g)
+            _check_finite(state.step, terms_g, dinfo, device)
             opt_g.zero_grad(set_to_none=True)
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(loss_g).backward()
@@ -299,7 +364,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
                     loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
                 loss_d = loss_d_adv + lc.labelmix * loss_lm
             terms_d = {"loss_d": loss_d, "loss_d_adv": loss_d_adv, "loss_labelmix": loss_lm}
-            _check_finite(state.step, terms_d)
+            _check_finite(state.step, terms_d, dinfo, device)
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(loss_d).backward()
             _clip(scaler, opt_d, D, tc.grad_clip)
@@ -310,7 +375,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             bar.update(1)
 
             # ---- logging, samples, evaluation, checkpoints (rank 0); the last step (or the time limit) does all
-            out_of_time = tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60
+            # every process must stop at the same step (a lone rank would wait for the others forever)
+            out_of_time, interrupted["flag"] = agree(
+                dinfo, device, tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60, interrupted["flag"]
+            )
             last = state.step == tc.steps or out_of_time
             if dinfo.main and (state.step % tc.log_every == 0 or last):
                 now = time.time()
@@ -339,8 +407,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
         bar.close()
         if metrics_file:
             metrics_file.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if dinfo.world > 1:
             dist.destroy_process_group()
     return TrainResult(run_dir, state.step, G_ema)
@@ -354,11 +422,25 @@ def ema_decay(decay: float, step: int, start: int) -> float:
     return min(decay, (1 + t) / (10 + t))
 
 
-def _check_finite(step: int, terms: dict[str, torch.Tensor]) -> None:
-    """One host sync per call: stop before the optimiser step when any loss term is NaN or infinite."""
+def agree(dinfo: Dist, device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag, true on all processes when it is true on any (one all-reduce; as given in a single process)."""
+    if dinfo.world == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def _check_finite(step: int, terms: dict[str, torch.Tensor], dinfo: Dist | None = None,
+                  device: torch.device | None = None) -> None:
+    """One host sync per call: stop before the backward pass when any loss term is NaN or infinite, on every
+    process at once under DDP (a NaN gradient would be averaged into all of them)."""
     values = torch.stack([v.detach().float() for v in terms.values()])
-    if not bool(torch.isfinite(values).all()):
-        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(terms, values.tolist()))
+    bad_here = not bool(torch.isfinite(values).all())
+    (bad,) = agree(dinfo or Dist(), device or values.device, bad_here)
+    if bad:
+        shown = (", ".join(f"{k}={float(v):.4g}" for k, v in zip(terms, values.tolist())) if bad_here
+                 else "a loss term was NaN or infinite in another process")
         raise TrainingDiverged(
             f"Training diverged at step {step + 1}: {shown}. The last good checkpoint is untouched; resume from it "
             "with a lower learning rate (--set train.lr_g=... train.lr_d=...), train.grad_clip, or train.amp=bf16."
@@ -371,7 +453,9 @@ def _clip(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer, model: torch
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
 
 
-def _resume(run_dir: Path, G, G_ema, D, opt_g, opt_d, scaler, device) -> RunState:
+def _resume(run_dir: Path, G, G_ema, D, opt_g, opt_d, scaler, device) -> tuple[RunState, tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """Weights, optimisers and loss scaler from the last checkpoint; returns the run state and the saved
+    ``(state.json, rng tensors)`` for :func:`restore_random_state`."""
     ckpt = last_checkpoint(run_dir)
     if ckpt is None:
         raise CheckpointError(f"Cannot resume: {run_dir} has no checkpoint (checkpoints/last is missing).")
@@ -383,5 +467,4 @@ def _resume(run_dir: Path, G, G_ema, D, opt_g, opt_d, scaler, device) -> RunStat
     load_optimizer(opt_d, ckpt, "d", st["optimizers"]["d"])
     if st.get("scaler"):
         scaler.load_state_dict(st["scaler"])
-    restore_rng(rng, st)
-    return RunState(step=int(st["step"]), pos=DataPosition(**st["pos"]), best_consistency=st.get("best_consistency"))
+    return RunState(step=int(st["step"]), pos=DataPosition(**st["pos"]), best_consistency=st.get("best_consistency")), (st, rng)
