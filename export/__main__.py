@@ -1,7 +1,7 @@
 """``python -m export``: a trained generator -> a deployable artifact directory.
 
     python -m export --checkpoint runs/synthetic-tiny --target openvino --precision int8 --calib synthetic
-    python -m export --checkpoint runs/ade --target tensorrt --precision int8 --calib configs/ade20k-256.yaml
+    python -m export --checkpoint runs/ade --target tensorrt --precision int8    # calibrated on the run's dataset
     python -m export --target tensorrt --from artifacts/x/model.onnx --out engine_dir     # on the device, no torch
 
 User errors (a bad checkpoint, option or calibration source, a missing package, a failed quality gate) print one
@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32, fp16, int8 (coreml: int8 = int8 weights, w8a8 = int8 weights+activations; torch: bf16). "
                         "Default: fp32, or for --from the ONNX's own precision")
     p.add_argument("--calib", default=None,
-                   help="calibration label maps: 'synthetic', a folder of label PNGs, or a dataset preset/config "
-                        "(default: synthetic for synthetic-trained models)")
+                   help="calibration label maps: 'synthetic', a folder of label PNGs, or a dataset config with "
+                        "data.root, e.g. RUN/config.yaml (default: synthetic for synthetic-trained models, else the "
+                        "run folder's own config.yaml)")
     p.add_argument("--calib-samples", type=int, default=256, help="label maps in the calibration set (default 256)")
     p.add_argument("--calib-seed", type=int, default=None, help="seed of the synthetic maps and the noise")
     p.add_argument("--size", type=_size, default=None, help="HxW of the artifact (default: the training size)")

@@ -93,6 +93,14 @@ def check_requirements(target: str, precision: str) -> None:
         require("onnxruntime.transformers.float16", "onnx", "onnxruntime")
 
 
+def run_config_of(generator_file: Path) -> Path | None:
+    """The ``config.yaml`` of the training run that holds ``generator_file`` (RUN/checkpoints/step_*/...), if any."""
+    for folder in Path(generator_file).resolve().parents[:3]:
+        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            return folder / "config.yaml"
+    return None
+
+
 def export_generator(
     checkpoint: str | Path,
     target: str,
@@ -111,9 +119,9 @@ def export_generator(
 ) -> ExportReport:
     """Export the EMA generator of ``checkpoint`` (a run folder, checkpoint folder or generator file).
 
-    ``calib``: 'synthetic', a folder of label maps, or a dataset preset/config; default: 'synthetic' for models
-    trained on the synthetic scenes, random block maps otherwise (enough for PSNR, not for INT8 calibration,
-    which then needs ``calib``). Returns an :class:`ExportReport`; raises a :class:`DpSimsError` subclass (or
+    ``calib``: 'synthetic', a folder of label maps, or a dataset config; default: 'synthetic' for models trained
+    on the synthetic scenes; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when
+    the checkpoint sits in a run folder, else ``calib`` is required; random block maps for the FP32/FP16 check. Returns an :class:`ExportReport`; raises a :class:`DpSimsError` subclass (or
     :class:`runtimes.errors.BackendUnavailable` for a missing library) and leaves nothing behind on failure."""
     started = time.perf_counter()
     precision = normalize_precision(target, precision)
@@ -132,12 +140,18 @@ def export_generator(
     noise_shape = tuple(int(v) for v in generator.noise_shape)
 
     if calib is None:
-        if precision == "int8" and info.dataset != "synthetic":
+        run_config = run_config_of(source_file) if info.dataset != "synthetic" else None
+        if precision in ("int8", "w8a8") and run_config is not None:
+            calib = run_config  # its data.root: the dataset the generator was trained on
+            log(f"[export] calibration maps from the run's own dataset ({run_config}; --calib to choose others)")
+        elif precision in ("int8", "w8a8") and info.dataset != "synthetic":
             raise ConfigError(
-                f"INT8 calibration needs label maps like the ones the generator will see: give --calib (the "
-                f"dataset preset it was trained on, e.g. the config of {info.dataset or 'its run'}, or a folder of label PNGs)."
+                f"INT8 calibration needs label maps like the ones the generator will see ({info.dataset or 'its dataset'}): "
+                "give --calib RUN/config.yaml (the training run's config, which names its data.root), another "
+                "YAML config whose data.root points at the dataset, or a folder of label PNGs."
             )
-        calib = SYNTHETIC if info.dataset == "synthetic" else BLOCKS
+        else:
+            calib = SYNTHETIC if info.dataset == "synthetic" else BLOCKS
     samples = calib_samples if precision in ("int8", "w8a8") else min(calib_samples, 16)
     calib_set = load_calibration_set(calib, info.num_classes, input_size, noise_shape, samples,
                                      DEFAULT_SEED if calib_seed is None else calib_seed, info.palette, info.ignore_id)

@@ -527,6 +527,24 @@ def test_int8_of_a_real_dataset_model_needs_calib(tmp_path, generator):
     assert not (tmp_path / "out").exists()
 
 
+def test_int8_of_a_run_folder_calibrates_on_the_runs_own_dataset(tmp_path, generator):
+    """No --calib: a checkpoint inside a run folder takes its label maps from the run's config.yaml (data.root)."""
+    from train.config import load_config, save_config
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_0001234"
+    ckpt.mkdir(parents=True)
+    save_generator(ckpt / "generator_ema.safetensors", generator, generator_info(dataset="folder"))
+    (run / "checkpoints" / "last").write_text(ckpt.name)  # as train writes it
+    (ckpt / "state.json").write_text("{}")
+    # the run's data: here the synthetic scenes at the model's size and class count, as a config file
+    save_config(load_config("synthetic-tiny", [f"data.num_classes={NUM_CLASSES}",
+                                               f"data.image_size=[{SIZE[0]}, {SIZE[1]}]"]), run / "config.yaml")
+    report = export_generator(run, "onnx", "int8", calib_samples=8, out=tmp_path / "out", log=quiet)
+    assert report.manifest.calibration["source"] == f"dataset:{(run / 'config.yaml').resolve()}"
+    assert report.manifest.quality["psnr_db"] >= 30.0
+
+
 def test_non_synthetic_model_is_checked_on_block_maps(tmp_path, generator):
     """fp16 of a model trained on real data without --calib: PSNR on random block maps, no label consistency."""
     file = save_generator(tmp_path / "ade.safetensors", generator, generator_info(dataset="ade20k"))
