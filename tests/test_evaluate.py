@@ -92,6 +92,34 @@ def test_checkpoint_and_artifact_agree(checkpoint, artifact, data_cfg):
     json.dumps(reports["run"], allow_nan=False)
 
 
+def test_streamed_chunks_give_the_numbers_of_the_whole_set(checkpoint, segmenter, data_cfg):
+    """Chunks of 3 maps (the last one partial) against one chunk of all 8: every metric identical, computed
+    independently here from the whole set in memory, and the real-image measures shared by a second source."""
+    from train.metrics import label_consistency, miou, to_uint8_nhwc
+
+    source = ev.open_checkpoint(checkpoint, "cpu")
+    reports = []
+    for chunk in (3, 64):
+        evaluation = ev.Evaluation(data_cfg, seeds=3, feature_extractor=stand_in_features, segmenter=segmenter,
+                                   chunk=chunk, log=quiet)
+        reports.append(evaluation(source))
+        again = evaluation(source)  # the real images' measures come from the first pass
+        assert again["metrics"] == reports[-1]["metrics"]
+    assert reports[0]["metrics"] == reports[1]["metrics"]
+
+    dataset, n = ev.open_val_set(data_cfg, None)
+    real, labels = ev.read_val(dataset, 0, n)
+    fakes = [to_uint8_nhwc(source.generate(labels, ev.seed_noise(s, n, source.noise_shape))) for s in range(3)]
+    m = reports[0]["metrics"]
+    assert m["label_consistency"]["per_seed"] == pytest.approx([label_consistency(f, labels, dataset.scenes) for f in fakes], abs=1e-12)
+    assert m["label_consistency"]["real"] == pytest.approx(label_consistency(real, labels, dataset.scenes), abs=1e-12)
+    seg = ev.Evaluation(data_cfg, seeds=1, segmenter=segmenter, log=quiet).segmenter
+    assert m["miou"]["per_seed"] == pytest.approx([miou(seg.predict(f), labels, 5, dataset.ignore_id) for f in fakes], abs=1e-12)
+    assert m["pixel_diversity"] == pytest.approx(pixel_diversity(fakes), abs=1e-12)
+    whole = fid_kid(extract_features(stand_in_features, real), extract_features(stand_in_features, fakes[1]))
+    assert m["fid"]["per_seed"][1] == pytest.approx(whole["fid"], rel=1e-9)
+
+
 def test_fid_kid_of_a_set_against_itself_and_against_noise():
     rng = np.random.default_rng(0)
     scenes_like = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8) // 4 + 100

@@ -128,21 +128,24 @@ def seed_noise(seed: int, n: int, noise_shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(int(seed)).standard_normal((n, *noise_shape), dtype=np.float32)
 
 
-def load_val_set(data_cfg, limit: int | None) -> tuple[Any, np.ndarray, np.ndarray]:
-    """(dataset, real images uint8 [N, H, W, 3], labels int64 [N, H, W]) of the validation split."""
+def open_val_set(data_cfg, limit: int | None) -> tuple[Any, int]:
+    """(dataset, number of maps evaluated) of the validation split."""
     from train.data import build_dataset
-    from train.metrics import to_uint8_nhwc
 
     dataset = build_dataset(data_cfg, "val")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n < 1:
         raise ConfigError(f"The validation split of {data_cfg.dataset} holds no image.")
-    images, labels = [], []
-    for i in range(n):
-        image, label = dataset[i]
-        images.append(to_uint8_nhwc(image))
-        labels.append(np.asarray(label, dtype=np.int64))
-    return dataset, np.stack(images), np.stack(labels)
+    return dataset, n
+
+
+def read_val(dataset, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real images uint8 [n, H, W, 3] and labels int64 [n, H, W] of validation items ``start..stop-1``."""
+    from train.metrics import to_uint8_nhwc
+
+    items = [dataset[i] for i in range(start, stop)]
+    return (np.stack([to_uint8_nhwc(image) for image, _ in items]),
+            np.stack([np.asarray(label, dtype=np.int64) for _, label in items]))
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -156,7 +159,10 @@ class Evaluation:
 
     ``feature_extractor``: use this ``uint8 [N, 3, H, W] torch tensor -> [N, D]`` instead of the Inception-v3 of
     ``fid_weights`` (tests, or another feature space: the report names it ``feature_name``); ``random_features``:
-    a randomly initialised Inception-v3 (:class:`train.eval_metrics.RandomInception`), labelled as such."""
+    a randomly initialised Inception-v3 (:class:`train.eval_metrics.RandomInception`), labelled as such.
+
+    The set is streamed ``chunk`` maps at a time: memory holds one chunk of images per seed, the feature vectors
+    and the confusion matrices, never the whole set (COCO-Stuff's 5,000 maps x 3 seeds would be ~13 GB)."""
 
     def __init__(
         self,
@@ -170,6 +176,7 @@ class Evaluation:
         segmenter_weights: str | Path | None = None,
         feature_extractor: Callable | None = None,
         feature_name: str = "custom",
+        chunk: int = 64,
         log: Callable[[str], None] = print,
     ):
         from train.eval_metrics import (
@@ -190,7 +197,9 @@ class Evaluation:
             raise ConfigError(f"--limit must be at least 1, got {limit}.")
         if fid_weights is not None and random_features:
             raise ConfigError("Give either --fid-weights (the standard Inception) or --random-features, not both.")
-        self.data_cfg, self.seeds, self.limit, self.log = data_cfg, seeds, limit, log
+        if chunk < 1:
+            raise ConfigError(f"chunk must be at least 1, got {chunk}.")
+        self.data_cfg, self.seeds, self.limit, self.chunk, self.log = data_cfg, seeds, limit, chunk, log
         self.size = (int(data_cfg.image_size[0]), int(data_cfg.image_size[1]))
         # the Inception and the segmenter are opened before the slow part, so that a bad file fails at once
         self.skipped: dict[str, str] = {}
@@ -208,7 +217,7 @@ class Evaluation:
                 "FID and KID skipped: no --fid-weights (or --random-features for unpublishable relative numbers). "
                 + fid_weights_hint())
 
-        self.dataset, self.real, self.labels = load_val_set(data_cfg, limit)
+        self.dataset, self.n = open_val_set(data_cfg, limit)
         k = self.dataset.num_classes
         if segmenter is None or isinstance(segmenter, Segmenter):
             self.segmenter, self.segmenter_name = segmenter, None if segmenter is None else str(segmenter.path)
@@ -217,9 +226,10 @@ class Evaluation:
         if self.segmenter is not None and self.segmenter.num_classes() not in (None, k):
             raise ConfigError(f"The segmenter {segmenter} predicts {self.segmenter.num_classes()} classes, the data has {k}.")
         if self.extractor is None and random_features:  # batch-norm statistics from the real images of this set
-            self.extractor, self.feature_name = RandomInception(calib_images=self.real), RANDOM_FEATURES_NAME
+            first, _ = read_val(self.dataset, 0, min(self.n, 32))
+            self.extractor, self.feature_name = RandomInception(calib_images=first), RANDOM_FEATURES_NAME
             self.feature_info = {"standard": False, "random_init": True, "note": RANDOM_FEATURES_NOTE,
-                                 "calibrated_on": f"first {min(len(self.real), 32)} real validation images"}
+                                 "calibrated_on": f"first {len(first)} real validation images"}
         # measures of the real images, shared by every source: computed on first use
         self._real_features = None
         self._real_miou: float | None = None
@@ -241,49 +251,80 @@ class Evaluation:
 
     def __call__(self, source: ImageSource) -> dict[str, Any]:
         """Generate the validation set ``seeds`` times with ``source`` and measure it; returns the report dict."""
-        from train.eval_metrics import extract_features, fid_kid, pixel_diversity
-        from train.metrics import label_consistency, miou, to_uint8_nhwc
+        from train.eval_metrics import PixelDiversity, extract_features, fid_kid
+        from train.metrics import confusion_matrix, miou_of_confusion, to_uint8_nhwc
 
         started = time.perf_counter()
         self.check(source)
-        dataset, real, labels, n, seeds = self.dataset, self.real, self.labels, len(self.labels), self.seeds
+        dataset, n, seeds = self.dataset, self.n, self.seeds
         skipped = dict(self.skipped)
         self.log(f"[eval] {source.kind} {source.path}: {n} validation maps of {dataset.name} x {seeds} seeds")
-        fakes: list[np.ndarray] = []
-        for s in _progress(range(seeds), "generate", seeds > 1):
-            t0 = time.perf_counter()
-            fakes.append(to_uint8_nhwc(source.generate(labels, seed_noise(s, n, source.noise_shape))))
-            self.log(f"[eval] seed {s}: generated {n} images in {time.perf_counter() - t0:.1f} s")
+        scenes = getattr(dataset, "scenes", None)
+        k, ignore = dataset.num_classes, dataset.ignore_id
+        noise = [seed_noise(s, n, source.noise_shape) for s in range(seeds)]
+        # the real images' measures are shared by every source: taken in the first source's pass
+        real_pass = (self.extractor is not None and self._real_features is None) or (
+            scenes is not None and self._real_consistency is None) or (self.segmenter is not None and self._real_miou is None)
+        real_features: list[Any] = []
+        features: list[list[Any]] = [[] for _ in range(seeds)]
+        kl = scenes.num_classes if scenes is not None else 1
+        lc_cm = np.zeros((seeds + 1, kl, kl), np.int64)  # [seeds]: the real images
+        seg_cm = np.zeros((seeds + 1, k, k), np.int64)
+        diversity = PixelDiversity(seeds)
+        seconds = [0.0] * seeds
+
+        def measure(i: int, images: np.ndarray, labels: np.ndarray) -> None:
+            """Add ``images`` (uint8 NHWC, those of seed ``i``, or the real ones for i == seeds) to every measure."""
+            if self.extractor is not None:
+                (features[i] if i < seeds else real_features).append(extract_features(self.extractor, images))
+            if scenes is not None:
+                lc_cm[i] += confusion_matrix(scenes.classify(images), labels, kl)
+            if self.segmenter is not None:
+                seg_cm[i] += confusion_matrix(self.segmenter.predict(images), labels, k, ignore)
+
+        for lo in _progress(range(0, n, self.chunk), "evaluate", n > self.chunk):
+            hi = min(n, lo + self.chunk)
+            real, labels = read_val(dataset, lo, hi)
+            if real_pass:
+                measure(seeds, real, labels)
+            fakes = []
+            for s in range(seeds):
+                t0 = time.perf_counter()
+                fakes.append(to_uint8_nhwc(source.generate(labels, noise[s][lo:hi])))
+                seconds[s] += time.perf_counter() - t0
+                measure(s, fakes[s], labels)
+            diversity.add(fakes)
+        self.log(f"[eval] generated {n} images per seed in {', '.join(f'{t:.1f}' for t in seconds)} s")
+
+        import torch
 
         metrics: dict[str, Any] = {}
         if self.extractor is not None:
             if self._real_features is None:
-                self._real_features = extract_features(self.extractor, real)
-            per = [fid_kid(self._real_features, extract_features(self.extractor, f)) for f in fakes]
+                self._real_features = torch.cat(real_features)
+            per = [fid_kid(self._real_features, torch.cat(f)) for f in features]
             metrics["fid"] = _stats([p["fid"] for p in per])
             metrics["kid"] = _stats([p["kid"] for p in per])
             metrics["kid"]["subset_std_per_seed"] = [p["kid_std"] for p in per]
             if n < 2048:
                 self.log(f"[eval] note: FID over {n} images is biased upwards; compare only runs evaluated on the same set.")
 
-        scenes = getattr(dataset, "scenes", None)
         if scenes is not None:
-            metrics["label_consistency"] = _stats([label_consistency(f, labels, scenes) for f in fakes])
+            metrics["label_consistency"] = _stats([miou_of_confusion(lc_cm[s]) for s in range(seeds)])
             if self._real_consistency is None:
-                self._real_consistency = label_consistency(real, labels, scenes)
+                self._real_consistency = miou_of_confusion(lc_cm[seeds])
             metrics["label_consistency"]["real"] = self._real_consistency
         if self.segmenter is not None:
-            k, ignore = dataset.num_classes, dataset.ignore_id
             if self._real_miou is None:
-                self._real_miou = miou(self.segmenter.predict(real), labels, k, ignore)
-            metrics["miou"] = _stats([miou(self.segmenter.predict(f), labels, k, ignore) for f in fakes])
+                self._real_miou = miou_of_confusion(seg_cm[seeds], ignore)
+            metrics["miou"] = _stats([miou_of_confusion(seg_cm[s], ignore) for s in range(seeds)])
             metrics["miou"]["real"] = self._real_miou
         else:
             skipped["miou"] = (
                 "mIoU skipped: no --segmenter (" + _segmenter_help() + ")."
                 + (" label_consistency measures the same on the synthetic data." if scenes is not None else "")
             )
-        metrics["pixel_diversity"] = pixel_diversity(fakes)
+        metrics["pixel_diversity"] = diversity.value()
         if seeds < 2:
             skipped["pixel_diversity"] = "pixel_diversity needs --seeds 2 or more."
         skipped["lpips_diversity"] = LPIPS_SKIPPED

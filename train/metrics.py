@@ -59,7 +59,13 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
 
 def miou(pred: Any, target: Any, num_classes: int, ignore_id: int | None = None) -> float:
     """Mean IoU over classes present in target or prediction (module docstring); NaN if no pixel counts."""
-    iou = iou_per_class(confusion_matrix(pred, target, num_classes, ignore_id))
+    return miou_of_confusion(confusion_matrix(pred, target, num_classes, ignore_id), ignore_id)
+
+
+def miou_of_confusion(cm: np.ndarray, ignore_id: int | None = None) -> float:
+    """:func:`miou` of a confusion matrix, e.g. one summed over chunks of a large set (the same pooled value)."""
+    num_classes = len(cm)
+    iou = iou_per_class(cm)
     if ignore_id is not None and 0 <= ignore_id < num_classes:
         iou[ignore_id] = np.nan
     valid = iou[~np.isnan(iou)]
