@@ -122,7 +122,8 @@ def torchrun(run: Path, *args: str, steps: int | None = None, timeout: int = 300
     """``python -m torch.distributed.run`` with two CPU processes (gloo) on the tiny config."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *args]
     if "--resume" not in args:
-        cmd += ["--config", "synthetic-tiny", "--out", str(run), "--set", *TINY, "train.ckpt_every=3"]
+        # micro-batches of 1: DDP's no_sync accumulation is part of what must resume exactly
+        cmd += ["--config", "synthetic-tiny", "--out", str(run), "--set", *TINY, "train.ckpt_every=3", "train.batch_per_gpu=1"]
     if steps is not None:
         cmd += ["--set", f"train.steps={steps}"]
     return cmd
@@ -193,6 +194,35 @@ def test_a_nan_or_a_stop_on_one_rank_stops_every_rank(tmp_path):
         assert flags == [True, False]
         assert "diverged at step 4" in outcome
     assert "loss_d=nan" in results[1][1] and "another process" in results[0][1]
+
+
+def test_micro_batches_accumulate_into_one_step_per_global_batch(tmp_path, monkeypatch):
+    """batch_size 4 in micro-batches of 2: every loss sees 2 samples, the optimisers step once per step, and the
+    run learns."""
+    from train import losses
+
+    seen = []
+    real_loss = losses.discriminator_loss
+    monkeypatch.setattr(losses, "discriminator_loss", lambda lr, lf, label, *a: seen.append(len(label)) or real_loss(lr, lf, label, *a))
+    train(tiny_cfg(10, "train.batch_per_gpu=2"), tmp_path / "run")
+    assert seen == [2] * 20
+    state = json.loads((last_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["pos"]["index"] == 10 * 4  # the loader still reads the whole batch per step
+    from safetensors.torch import load_file
+
+    opt = load_file(last_checkpoint(tmp_path / "run") / "optimizer_g.safetensors")
+    steps = {float(v) for k, v in opt.items() if k.endswith(".step")}
+    assert steps == {10.0}, f"one Adam step per global batch, got {steps}"
+    values = [r["loss_d"] for r in read_metrics(tmp_path / "run")]
+    assert all(map(torch.isfinite, torch.tensor(values))) and max(values) - min(values) > 1e-3
+
+
+def test_micro_batch_must_divide_the_process_batch(tmp_path):
+    from train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"batch_per_gpu=3 must divide the batch of each process, 4"):
+        train(tiny_cfg(2, "train.batch_per_gpu=3"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_global_batch_must_split_over_the_processes(tmp_path, monkeypatch):

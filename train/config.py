@@ -122,6 +122,9 @@ class TrainConfig:
     steps: int = 200_000
     batch_size: int = 32
     """The global batch: under torchrun each of the N processes takes batch_size / N (a multiple of N)."""
+    batch_per_gpu: int = 0
+    """Micro-batch of each process; 0 takes batch_size / N at once. Smaller values accumulate gradients over
+    batch_size / (N * batch_per_gpu) micro-batches per step: the same global batch in less memory."""
     lr_g: float = 1e-4
     lr_d: float = 4e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])

@@ -9,6 +9,7 @@ and checkpoints hold every process's random state, so a resumed run continues ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -207,8 +208,17 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             f"train.batch_size={tc.batch_size} is the global batch and must split evenly over the {world} "
             f"processes: use a multiple of {world} (e.g. --set train.batch_size={world * max(1, tc.batch_size // world)})."
         )
+    micro = tc.batch_per_gpu or tc.batch_size // world
+    if micro < 1 or (tc.batch_size // world) % micro:
+        raise ConfigError(
+            f"train.batch_per_gpu={tc.batch_per_gpu} must divide the batch of each process, {tc.batch_size // world} "
+            f"(train.batch_size={tc.batch_size} over {world} processes); 0 takes it whole."
+        )
     dinfo, device = setup_distributed(cfg.train.device)
-    batch = tc.batch_size // dinfo.world  # per process
+    batch = tc.batch_size // dinfo.world  # per process, in batch // micro micro-batches
+    if micro < batch and dinfo.main:
+        log.info("gradients accumulated over %d micro-batches of %d per process (global batch %d)",
+                 batch // micro, micro, tc.batch_size)
     torch.manual_seed(tc.seed + dinfo.rank)
     np.random.seed(tc.seed + dinfo.rank)
     random.seed(tc.seed + dinfo.rank)
@@ -271,6 +281,40 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
+    def generator_loss(real: torch.Tensor, label: torch.Tensor, d_bare: torch.nn.Module):
+        """One micro-batch of the generator step: (loss, its terms, the detached fakes for the D step)."""
+        n = real.shape[0]
+        k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
+        z1, z2 = sample_noise(n), sample_noise(k)
+        fakes = G(torch.cat([label, label[:k]]), torch.cat([z1, z2]))
+        out_g = d_bare(fakes)
+        loss_adv = losses.focal_n1_loss(out_g.logits, torch.cat([label, label[:k]]), True, lc.focal_gamma, lc.class_balance, ignore_id)
+        loss_nce = real.new_zeros(())
+        if lc.contrastive > 0:
+            with torch.no_grad():
+                real_features = d_bare(real).features
+            loss_nce = losses.patch_contrastive_loss(
+                out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
+            )
+        loss_div = real.new_zeros(())
+        if k:
+            loss_div = losses.diversity_loss(fakes[:k].float(), fakes[n:].float(), z1[:k], z2, lc.diversity_tau)
+        loss = loss_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
+        terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div}
+        return loss, terms, fakes[:n].detach()
+
+    def discriminator_loss(real: torch.Tensor, label: torch.Tensor, fake: torch.Tensor):
+        """One micro-batch of the discriminator step: (loss, its terms)."""
+        out_real, out_fake = D(real), D(fake)
+        loss_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
+        loss_lm = real.new_zeros(())
+        if lc.labelmix > 0:
+            mask = losses.labelmix_mask(label, mix_gen)
+            mixed = mask * real + (1 - mask) * fake
+            loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
+        loss = loss_adv + lc.labelmix * loss_lm
+        return loss, {"loss_d": loss, "loss_d_adv": loss_adv, "loss_labelmix": loss_lm}
+
     interrupted = {"flag": False}
 
     def on_signal(signum, frame):
@@ -315,61 +359,45 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
         while state.step < tc.steps:
             real, label = next(data)
             real, label = real.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            n = real.shape[0]
+            parts = list(zip(real.split(micro), label.split(micro)))  # micro-batches: one unless batch_per_gpu
 
             # ---- generator first (D frozen): adversarial, patch contrast to the real image, diversity on a second
-            # noise draw; its fakes are then reused, detached, by the discriminator step (one G forward per step)
-            k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
-            z1, z2 = sample_noise(n), sample_noise(k)
+            # noise draw; its fakes are then reused, detached, by the discriminator step (one G forward per step).
             # D's weights need no gradient here: the bare module (outside DDP, which would reduce them) with
             # requires_grad off; gradients still flow through D into G
             d_bare = _unwrap(D)
             d_params = [p for p in d_bare.parameters() if p.requires_grad]
             for p in d_params:
                 p.requires_grad_(False)
-            with autocast():
-                fakes = G(torch.cat([label, label[:k]]), torch.cat([z1, z2]))
-                out_g = d_bare(fakes)
-                loss_g_adv = losses.focal_n1_loss(out_g.logits, torch.cat([label, label[:k]]), True, lc.focal_gamma, lc.class_balance, ignore_id)
-                loss_nce = real.new_zeros(())
-                if lc.contrastive > 0:
-                    with torch.no_grad():
-                        real_features = d_bare(real).features
-                    loss_nce = losses.patch_contrastive_loss(
-                        out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
-                    )
-                loss_div = real.new_zeros(())
-                if k:
-                    loss_div = losses.diversity_loss(fakes[:k].float(), fakes[n:].float(), z1[:k], z2, lc.diversity_tau)
-                loss_g = loss_g_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
-            terms_g = {"loss_g": loss_g, "loss_g_adv": loss_g_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div}
-            _check_finite(state.step, terms_g, dinfo, device)
             opt_g.zero_grad(set_to_none=True)
-            opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
+            fakes, parts_g = [], []
+            for j, (r, lab) in enumerate(parts):
+                with _sync_grads(G, j == len(parts) - 1):  # DDP reduces once, after the last micro-batch
+                    with autocast():
+                        loss_g, terms, fake = generator_loss(r, lab, d_bare)
+                    _check_finite(state.step, terms, dinfo, device)
+                    scaler.scale(loss_g / len(parts)).backward()
+                fakes.append(fake)
+                parts_g.append(terms)
             for p in d_params:
                 p.requires_grad_(True)
             _clip(scaler, opt_g, G, tc.grad_clip)
             scaler.step(opt_g)
 
             # ---- discriminator: real pixels -> their class, generated pixels -> "fake", LabelMix consistency
-            fake = fakes[:n].detach()
-            with autocast():
-                out_real, out_fake = D(real), D(fake)
-                loss_d_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
-                loss_lm = real.new_zeros(())
-                if lc.labelmix > 0:
-                    mask = losses.labelmix_mask(label, mix_gen)
-                    mixed = mask * real + (1 - mask) * fake
-                    loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
-                loss_d = loss_d_adv + lc.labelmix * loss_lm
-            terms_d = {"loss_d": loss_d, "loss_d_adv": loss_d_adv, "loss_labelmix": loss_lm}
-            _check_finite(state.step, terms_d, dinfo, device)
             opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
+            parts_d = []
+            for j, ((r, lab), fake) in enumerate(zip(parts, fakes)):
+                with _sync_grads(D, j == len(parts) - 1):
+                    with autocast():
+                        loss_d, terms = discriminator_loss(r, lab, fake)
+                    _check_finite(state.step, terms, dinfo, device)
+                    scaler.scale(loss_d / len(parts)).backward()
+                parts_d.append(terms)
             _clip(scaler, opt_d, D, tc.grad_clip)
             scaler.step(opt_d)
             scaler.update()
+            terms_g, terms_d = _mean_terms(parts_g), _mean_terms(parts_d)
             update_ema(G_ema, _unwrap(G), ema_decay(tc.ema_decay, state.step, tc.ema_start))
             state.step += 1
             bar.update(1)
@@ -445,6 +473,16 @@ def _check_finite(step: int, terms: dict[str, torch.Tensor], dinfo: Dist | None 
             f"Training diverged at step {step + 1}: {shown}. The last good checkpoint is untouched; resume from it "
             "with a lower learning rate (--set train.lr_g=... train.lr_d=...), train.grad_clip, or train.amp=bf16."
         )
+
+
+def _sync_grads(model: torch.nn.Module, sync: bool):
+    """DDP's gradient all-reduce only when ``sync`` (the last micro-batch of a step); nothing to do otherwise."""
+    return model.no_sync() if isinstance(model, DDP) and not sync else contextlib.nullcontext()
+
+
+def _mean_terms(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Loss terms averaged over the micro-batches of a step (for the log)."""
+    return parts[0] if len(parts) == 1 else {k: torch.stack([t[k].detach() for t in parts]).mean() for k in parts[0]}
 
 
 def _clip(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer, model: torch.nn.Module, max_norm: float) -> None:
