@@ -222,15 +222,24 @@ def load_model(args: argparse.Namespace):
 
     from train.checkpoint import GeneratorInfo, load_generator
     from train.config import load_config
+    from train.errors import ConfigError
     from train.models.generator import Generator
+
+    def check_size(generator) -> None:
+        if args.size is not None and (len(args.size) != 2 or any(v <= 0 or v % generator.stride for v in args.size)):
+            raise ConfigError(f"--size must be HxW with both sides multiples of the generator's stride "
+                              f"{generator.stride}, got {'x'.join(map(str, args.size))}.")
 
     if args.checkpoint:
         generator, info = load_generator(args.checkpoint)
+        check_size(generator)
         return Path(args.checkpoint).name, generator, info
     cfg = load_config(args.preset, ([] if "synthetic" in args.preset else ["data.root=."]) + args.set)  # data is not read
     num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset == "synthetic" else 151)
     torch.manual_seed(0)
-    generator = warmed(Generator(num_classes, cfg.model.generator), num_classes, tuple(args.size or cfg.data.image_size))
+    generator = Generator(num_classes, cfg.model.generator)
+    check_size(generator)
+    generator = warmed(generator, num_classes, tuple(args.size or cfg.data.image_size))
     size = list(args.size or cfg.data.image_size)
     info = GeneratorInfo(num_classes=num_classes, generator=cfg.model.generator, image_size=size,
                          class_names=[f"class {i}" for i in range(num_classes)], palette=_palette(num_classes),
@@ -263,8 +272,14 @@ def _palette(n: int) -> list[list[int]]:
 def load_peer(spec: str, num_classes: int, size):
     """``module:factory`` -> factory(num_classes, size): an nn.Module with forward(label int32 [N,H,W], noise)
     and a ``noise_shape`` attribute (the same contract as ours, so it runs through the same exporters)."""
+    from train.errors import ConfigError
+
     module_name, _, attr = spec.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr or "build")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr or "build")
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--peer {spec}: cannot import it ({e}); give module:factory, e.g. "
+                          "benchmarks.peers:oasis_generator.") from None
     return factory(num_classes, tuple(size))
 
 
@@ -454,7 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
     args = parser.parse_args(argv)
     args.artifacts = [a for a in args.artifacts.split(",") if a]
-    args.batches = [int(b) for b in args.batches.split(",")]
+    for spec in args.artifacts:
+        target, _, precision = spec.partition(":")
+        if target not in ("torch", "onnx", "openvino", "tensorrt", "coreml") or not precision:
+            parser.error(f"--artifacts takes target:precision items (torch, onnx, openvino, tensorrt, coreml), got {spec!r}.")
+    try:
+        args.batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches takes batch sizes separated by commas, e.g. 1,8; got {args.batches!r}.")
+    if min(args.batches) < 1 or args.runs < 1 or args.warmup < 0:
+        parser.error("--batches must be >= 1, --runs >= 1 and --warmup >= 0.")
     if args.device == "cuda":
         import torch
 
@@ -466,8 +490,19 @@ def main(argv: list[str] | None = None) -> int:
             args.artifacts.append("tensorrt:int8")
 
     sys.path.insert(0, str(ROOT))
-    out = Path(args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
+    from runtimes.errors import RuntimeErrorBase
+    from train.errors import DpSimsError
+
+    try:
+        return _run(args)
+    except (DpSimsError, RuntimeErrorBase) as e:
+        print(f"python -m benchmarks.run: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from train.errors import ConfigError
+
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.device == "cpu":
         peak, device = cpu_peak_gflops()
@@ -477,10 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name()
         peak = gpu_peak_gflops(gpu)
         device = f"{gpu}, % peak of its dense FP16 tensor peak" if peak else gpu
-    name, generator, info = load_model(args)
+    name, generator, info = load_model(args)  # a bad --checkpoint / --preset / --set / --size fails here
+    peers = [(spec, load_peer(spec, info.num_classes, args.size or info.image_size)) for spec in args.peer]
+    out = Path(args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the results.")
+    out.mkdir(parents=True, exist_ok=True)
     rows = bench_model(name, generator, info, args, out, peak, log)
-    for spec in args.peer:
-        peer = load_peer(spec, info.num_classes, args.size or info.image_size)
+    for spec, peer in peers:
         peer_info = type(info)(**{**vars(info), "generator": info.generator, "dataset": "none (peer, random weights)"})
         rows += bench_peer(spec, peer, peer_info, args, out, peak, log)
     meta = {"device": device, "peak_gflops_estimate": peak, "when": time.strftime("%Y-%m-%d %H:%M"),

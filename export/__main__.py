@@ -76,14 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from runtimes._optional import missing_module_message
     from runtimes.errors import RuntimeErrorBase
-    from train.errors import DpSimsError
+    from train.errors import ConfigError, DpSimsError
 
     try:
         if args.from_onnx:
             return _from_onnx(args)
         if not args.checkpoint:
-            raise SystemExit("python -m export: error: --checkpoint is required (or --from model.onnx with --target tensorrt)")
+            raise ConfigError("--checkpoint is required (or --from model.onnx with --target tensorrt).")
         from export.api import export_generator
 
         options = dict(args.option)
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DpSimsError, RuntimeErrorBase) as e:
         print(f"python -m export: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        if (message := missing_module_message(e, "python -m export")) is None:
+            raise
+        print(f"python -m export: {message}", file=sys.stderr)
+        return 2
     print(report.table())
     for note in report.notes:
         print(f"  {note}")
@@ -107,14 +113,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _from_onnx(args: argparse.Namespace) -> int:
+    from train.errors import ConfigError  # torch-free: the device has no torch
     if args.target != "tensorrt":
-        raise SystemExit("python -m export: error: --from builds TensorRT engines; use it with --target tensorrt")
+        raise ConfigError("--from builds TensorRT engines; use it with --target tensorrt.")
     if not args.out:
-        raise SystemExit("python -m export: error: --from needs --out DIR")
+        raise ConfigError("--from needs --out DIR (the TensorRT artifact folder; the source folder itself rebuilds in place).")
     from export.tensorrt import export_from_onnx
 
+    options = dict(args.option)
+    unknown = sorted(set(options) - {"workspace_gb"})
+    if unknown:
+        raise ConfigError(f"--from takes -o workspace_gb=N only, not {', '.join(unknown)}.")
+    try:
+        workspace_gb = float(options.get("workspace_gb", 2.0))
+    except (TypeError, ValueError):
+        raise ConfigError(f"-o workspace_gb must be a number of GB, got {options['workspace_gb']!r}.") from None
     result = export_from_onnx(args.from_onnx, args.out, args.precision,
-                              args.batch if args.batch != (1, 1, 16) else None, args.dla)
+                              args.batch if args.batch != (1, 1, 16) else None, args.dla,
+                              workspace_gb=workspace_gb, overwrite=args.overwrite)
     for note in result.notes:
         print(note)
     print(f"artifact: {args.out}")

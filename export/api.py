@@ -134,6 +134,11 @@ def export_generator(
     from train.checkpoint import load_generator, resolve_generator_file
 
     source_file = resolve_generator_file(checkpoint)
+    out_dir = Path(out) if out is not None else Path("artifacts") / f"{_run_name(source_file)}-{target}-{precision}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the artifact (it is created if missing).")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
     log(f"[export] loading the EMA generator from {source_file}")
     generator, info = load_generator(source_file)
     input_size = _check_size(size or tuple(info.image_size), generator.stride)
@@ -158,9 +163,6 @@ def export_generator(
     log(f"[export] calibration set: {len(calib_set)} label maps from {calib_set.source} "
         f"({len(calib_set.split()[1])} held out for the quality check)")
 
-    out_dir = Path(out) if out is not None else Path("artifacts") / f"{_run_name(source_file)}-{target}-{precision}"
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

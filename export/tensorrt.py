@@ -12,6 +12,7 @@ Engines are device caches (validated by their sidecar ``model.engine.json``), no
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ def export_from_onnx(
     dla: int | None = None,
     *,
     workspace_gb: float = 2.0,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Make a TensorRT artifact in ``out_dir`` from the ``model.onnx`` of a dp-sims artifact (onnx or tensorrt
     target; its ``model.json`` gives classes, sizes and quality) and build its engine when TensorRT is here.
@@ -162,16 +164,29 @@ def export_from_onnx(
     be built at fp16 on TensorRT <= 10 (builder flags); TensorRT 11 needs the precision in the ONNX. Writes
     ``model.json`` itself (there is no ExportRequest) and returns what the CLI prints.
     """
+    from train.errors import ConfigError  # torch-free
+
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     source_dir = onnx_path.parent
-    if not (source_dir / "model.json").is_file():
+    if onnx_path.suffix.lower() != ".onnx" or not (source_dir / "model.json").is_file():
         raise ManifestError(
-            f"{onnx_path} has no model.json beside it. Give the model.onnx of a dp-sims artifact (made by "
-            "python -m export --target onnx or tensorrt): its model.json holds the classes and sizes."
+            f"{onnx_path} is not the model.onnx of a dp-sims artifact. Give the model.onnx of an artifact made by "
+            "python -m export --target onnx or tensorrt: the model.json beside it holds the classes and sizes."
         )
     source = read_manifest(source_dir)
+    if source.target not in ("onnx", "tensorrt"):
+        raise ManifestError(f"{source_dir} is a {source.target} artifact; --from takes the model.onnx of an onnx or "
+                            "tensorrt artifact.")
     if source.file(onnx_path.name).path != onnx_path.name:
         raise ManifestError(f"{onnx_path.name} is not the model file of the artifact in {source_dir}.")
+    in_place = out_dir.exists() and out_dir.resolve() == source_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the TensorRT artifact.")
+    if in_place and source.target != "tensorrt" and not overwrite:
+        raise ConfigError(f"--out {out_dir} is the onnx artifact itself: building there would turn it into a "
+                          "tensorrt artifact. Give another --out, or pass --overwrite to convert it in place.")
+    if not in_place and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
     onnx_precision = source.target_options.get("onnx_precision", source.precision)
     precision = precision or onnx_precision
     if precision not in PRECISIONS:
@@ -181,25 +196,37 @@ def export_from_onnx(
     plan = build_plan(precision, onnx_precision, batch, source.target_options.get("opset"), opts)
     plan["onnx"] = onnx_path.name
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     onnx_files = [f.path for f in source.files]  # model.onnx and its external weights, if any
-    if out_dir.resolve() != source_dir.resolve():
-        for name in onnx_files:
-            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_dir / name, out_dir / name)
-    notes = build_here(out_dir, plan, source.input_size, source.noise_shape)
-    manifest = replace(
-        source,
-        target="tensorrt",
-        precision=precision,
-        batch=dict(zip(("min", "opt", "max"), (int(b) for b in batch))),
-        files=[file_entry(out_dir, name) for name in onnx_files],
-        target_options={**source.target_options, **plan},
-    )
-    if precision != onnx_precision:  # the source's quality report measured the ONNX, not this engine
-        manifest.quality = None
-        notes.append(f"The {onnx_precision} ONNX is built at {precision} by TensorRT's builder flags: its quality "
-                     "was not measured; compare its images with the FP32 artifact before shipping it.")
-    write_manifest(manifest, out_dir)
+    # a new artifact is built in a temporary folder beside --out and renamed into place: a failure leaves nothing
+    # (in place, the engine and its sidecar are the only new files)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = source_dir if in_place else Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if not in_place:
+            for name in onnx_files:
+                (work / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source_dir / name, work / name)
+        notes = build_here(work, plan, source.input_size, source.noise_shape)
+        manifest = replace(
+            source,
+            target="tensorrt",
+            precision=precision,
+            batch=dict(zip(("min", "opt", "max"), (int(b) for b in batch))),
+            files=[file_entry(work, name) for name in onnx_files],
+            target_options={**source.target_options, **plan},
+        )
+        if precision != onnx_precision:  # the source's quality report measured the ONNX, not this engine
+            manifest.quality = None
+            notes.append(f"The {onnx_precision} ONNX is built at {precision} by TensorRT's builder flags: its "
+                         "quality was not measured; compare its images with the FP32 artifact before shipping it.")
+        write_manifest(manifest, work)
+        if not in_place:
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            work.rename(out_dir)
+    except BaseException:
+        if not in_place:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     return ExportResult(files=onnx_files, quality=manifest.quality, calibration=source.calibration,
                         target_options=plan, notes=notes)

@@ -16,3 +16,23 @@ def require(module: str, extra: str, what: str | None = None) -> ModuleType:
         raise BackendUnavailable(
             f"{what or module} is not installed ({e}). Install it with: pip install 'dp-sims[{extra}]'"
         ) from None
+
+
+#: top-level module -> the extra that installs it (for a clear message when a command's import fails)
+EXTRA_OF = {
+    "torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "tqdm": "train",
+    "yaml": "train", "PIL": "runtime", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
+    "openvino": "openvino", "nncf": "openvino", "coremltools": "coreml", "tensorrt": "tensorrt",
+    "modelopt": "tensorrt", "torchmetrics": "eval", "scipy": "eval", "torch_fidelity": "eval",
+    "fastapi": "web", "uvicorn": "web", "multipart": "web", "python_multipart": "web", "psutil": "dev",
+}
+
+
+def missing_module_message(error: ImportError, command: str) -> str | None:
+    """One line naming the extra to install when ``error`` is a missing third-party module; None otherwise (a bug
+    or a module of this package: let it surface as it is)."""
+    name = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRA_OF.get(name)
+    if extra is None:
+        return None
+    return f"{command} needs {name}, which is not installed. Install it with: pip install 'dp-sims[{extra}]'"

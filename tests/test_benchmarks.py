@@ -149,3 +149,21 @@ def test_cuda_rows_fp16_and_cuda_graph_match_fp32():
         assert psnr_db(ref, runners["torch eager fp16"](label, noise)) > 40
         assert np.allclose(runners["torch fp16 cuda graph"](label, noise), runners["torch eager fp16"](label, noise),
                            atol=2e-3)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--runs", "0"], "--runs >= 1"),
+    (["--batches", "1,a"], "--batches takes batch sizes"),
+    (["--artifacts", "onnx:fp32,foo:bar"], "got 'foo:bar'"),
+    (["--size", "33"], "multiples of the generator's stride 8"),
+    (["--preset", "nope"], "Config 'nope' not found"),
+    (["--set", "train.foo=1"], "Unknown key(s) 'foo'"),
+    (["--peer", "nonexist:fn"], "--peer nonexist:fn: cannot import it"),
+])
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, words):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", *args, "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert words in r.stderr
+    assert not out.exists()

@@ -34,6 +34,16 @@ def test_overrides_are_typed_and_applied():
         ("train.amp=fp8", ["train.amp", "bf16"]),
         ("data.image_size=[60, 64]", ["multiple", "stride 8"]),
         ("train.flip", ["key.sub=value"]),
+        # values that used to fail later, with a traceback at the first sample/eval step or a misleading message
+        ("eval.sample_maps=0", ["eval.sample_maps", ">= 1"]),
+        ("train.log_every=0", ["train.log_every", ">= 1"]),
+        ("train.lr_g=-1", ["train.lr_g", "> 0"]),
+        ("train.ema_decay=2", ["train.ema_decay", "0..1"]),
+        ("train.betas=[0.5]", ["train.betas", "two Adam betas"]),
+        ("train.device=tpu", ["train.device", "cuda:N"]),
+        ("model.generator.noise_tokens=0", ["noise_tokens", ">= 1"]),
+        ("data.num_workers=-1", ["data.num_workers", ">= 0"]),
+        ("loss.diversity_fraction=nan", ["loss.diversity_fraction", "0..1"]),
     ],
 )
 def test_config_errors_name_the_key(override, words):

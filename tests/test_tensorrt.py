@@ -615,6 +615,7 @@ def test_export_from_onnx_builds_the_engine_the_runtime_then_reuses(fake, onnx_f
     trt11, _ = fake("11.0.0", dev)
     with pytest.raises(EngineBuildError, match="strongly typed networks only"):
         export_from_onnx(source / "model.onnx", tmp_path / "trt11", precision="fp16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "trt"], "a failed build leaves nothing behind"
 
 
 def test_export_from_onnx_needs_the_artifact_manifest(tmp_path, onnx_fp32):
@@ -622,8 +623,37 @@ def test_export_from_onnx_needs_the_artifact_manifest(tmp_path, onnx_fp32):
     from runtimes.errors import ManifestError
 
     shutil.copy(onnx_fp32[0], tmp_path / "model.onnx")
-    with pytest.raises(ManifestError, match="no model.json beside it"):
+    with pytest.raises(ManifestError, match="not the model.onnx of a dp-sims artifact"):
         export_from_onnx(tmp_path / "model.onnx", tmp_path / "out")
+
+
+def test_export_from_onnx_keeps_other_artifacts_and_takes_only_onnx(tmp_path, onnx_fp32):
+    """--from never overwrites a folder without --overwrite, never turns the onnx artifact itself into a tensorrt
+    one silently, and takes only the model.onnx of an onnx/tensorrt artifact."""
+    from export.tensorrt import export_from_onnx
+    from runtimes.errors import ManifestError
+    from train.errors import ConfigError
+
+    source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx")
+    other = tmp_path / "openvino"
+    other.mkdir()
+    (other / "model.xml").write_text("<net/>")
+    with pytest.raises(ConfigError, match="exists and is not empty.*--overwrite"):
+        export_from_onnx(source / "model.onnx", other)
+    assert [p.name for p in other.iterdir()] == ["model.xml"]
+    with pytest.raises(ConfigError, match="would turn it into a tensorrt artifact"):
+        export_from_onnx(source / "model.onnx", source)
+    assert read_manifest(source).target == "onnx"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        export_from_onnx(source / "model.onnx", tmp_path / "afile")
+    shutil.copy(source / "model.json", other / "model.json")
+    with pytest.raises(ManifestError, match="not the model.onnx"):
+        export_from_onnx(other / "model.xml", tmp_path / "x")
+    export_from_onnx(source / "model.onnx", other, overwrite=True)  # replaces the folder whole
+    assert read_manifest(other).target == "tensorrt" and not (other / "model.xml").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
 
 
 # ---------------------------------------------------------------------------------------- Jetson example

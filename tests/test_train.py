@@ -93,6 +93,28 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
     assert (run / "checkpoints" / ck.name).exists() or len(list((run / "checkpoints").glob("step_*"))) >= 2
 
 
+def test_a_failed_resume_leaves_the_run_folder_as_it_was(tmp_path):
+    """Overrides that do not fit the checkpoint fail the resume; config.yaml keeps the run's own values, so the
+    next plain --resume works."""
+    from train.errors import CheckpointError
+
+    run = tmp_path / "run"
+    train(tiny_cfg(2), run)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError):
+        train(tiny_cfg(4, "model.generator.base_channels=4"), run, resume=True)
+    assert (run / "config.yaml").read_text() == before
+    assert train(tiny_cfg(4), run, resume=True).step == 4
+
+
+def test_cli_without_the_training_libraries_names_the_extra(tmp_path):
+    code = "import sys; sys.modules['timm'] = None\nfrom train.__main__ import main\n" \
+           f"sys.exit(main(['--config', 'synthetic-tiny', '--out', {str(tmp_path / 'run')!r}]))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "needs timm" in r.stderr and "pip install 'dp-sims[train]'" in r.stderr
+
+
 def test_nan_loss_stops_with_terms_and_keeps_checkpoint(tmp_path, monkeypatch):
     from train import losses
     from train.errors import TrainingDiverged

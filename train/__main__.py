@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     except DpSimsError as e:
         print("error: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
         return 2
+    except ImportError as e:
+        from runtimes._optional import missing_module_message
+
+        if (message := missing_module_message(e, "python -m train")) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("Give --config PRESET_OR_YAML (e.g. --config configs/synthetic-tiny.yaml) or --resume RUN_DIR.")
         cfg = load_config(args.config, overrides)
         run_dir = args.out or Path("runs") / cfg.name
+        if run_dir.exists() and not run_dir.is_dir():
+            from train.errors import ConfigError
+
+            raise ConfigError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing).")
         if (run_dir / "checkpoints" / "last").exists():
             from train.errors import ConfigError
 

@@ -8,6 +8,7 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -270,10 +271,10 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
 def resolve_preset(name_or_path: str | Path) -> Path:
     """A preset name (``synthetic-tiny``) or a path to a YAML file."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     for cand in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)):
-        if cand.exists():
+        if cand.is_file():
             return cand
     presets = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(f"Config {str(name_or_path)!r} not found. Give a YAML file or one of the presets: {', '.join(presets)}.")
@@ -324,12 +325,51 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.generator.{key} must be 1 or 3, not {getattr(g, key)}.")
     if g.label_channels % g.attn_heads:
         raise ConfigError("model.generator.label_channels must be divisible by model.generator.attn_heads.")
-    if cfg.train.batch_size < 1 or cfg.train.steps < 0:
-        raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0.")
+    _check_ranges(cfg)
+    t = cfg.train
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas must be two Adam betas in [0, 1), e.g. [0.0, 0.999]; got {t.betas}.")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
+        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {t.device!r}.")
     if cfg.data.dataset != "synthetic" and not cfg.data.root:
         raise ConfigError(
             f"data.root is required for dataset '{cfg.data.dataset}': pass --set data.root=/path/to/{cfg.data.dataset}."
         )
+
+
+#: (key, lowest allowed, highest allowed or None): numeric settings outside these ranges are refused at load, before
+#: anything is written, instead of failing with a traceback at the first sample or evaluation step
+RANGES: list[tuple[str, float, float | None]] = [
+    ("model.generator.base_channels", 1, None), ("model.generator.label_channels", 1, None),
+    ("model.generator.attn_heads", 1, None), ("model.generator.noise_tokens", 1, None),
+    ("model.generator.noise_dim", 1, None), ("model.generator.blocks_per_stage", 1, None),
+    ("model.generator.spade_hidden", 1, None), ("model.discriminator.decoder_channels", 1, None),
+    ("model.discriminator.stem_channels", 1, None), ("model.discriminator.lr_backbone", 0, None),
+    ("data.num_classes", 2, None), ("data.synthetic_length", 1, None), ("data.val_length", 1, None),
+    ("data.num_workers", 0, None), ("loss.focal_gamma", 0, None), ("loss.labelmix", 0, None),
+    ("loss.contrastive", 0, None), ("loss.contrastive_patches", 1, None), ("loss.contrastive_temperature", 1e-6, None),
+    ("loss.diversity", 0, None), ("loss.diversity_tau", 0, None), ("loss.diversity_fraction", 0, 1),
+    ("train.steps", 0, None), ("train.batch_size", 1, None), ("train.batch_per_gpu", 0, None),
+    ("train.lr_g", 1e-12, None), ("train.lr_d", 1e-12, None), ("train.ema_decay", 0, 1), ("train.ema_start", 0, None),
+    ("train.grad_clip", 0, None), ("train.log_every", 1, None), ("train.sample_every", 1, None),
+    ("train.ckpt_every", 1, None), ("train.eval_every", 1, None), ("train.keep_checkpoints", 1, None),
+    ("train.max_minutes", 0, None), ("eval.label_consistency_samples", 1, None), ("eval.sample_maps", 1, None),
+]
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, low, high in RANGES:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not (value >= low and (high is None or value <= high)):  # also refuses NaN
+            bound = (("> 0" if 0 < low < 1e-3 else f">= {low:g}") if high is None else f"within {low:g}..{high:g}")
+            raise ConfigError(f"{key} must be {bound}, got {value!r} (--set {key}=...).")
+    channel_mults = cfg.model.generator.channel_mults
+    if not channel_mults or min(channel_mults) < 1:
+        raise ConfigError(f"model.generator.channel_mults must be a non-empty list of positive ints, got {channel_mults}.")
+    if not cfg.eval.sample_seeds:
+        raise ConfigError("eval.sample_seeds must list at least one seed, e.g. [0, 1, 2].")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

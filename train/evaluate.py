@@ -82,6 +82,8 @@ def open_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 16
     path = Path(path)
     file = resolve_generator_file(path)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {dev}, but torch sees no CUDA GPU here: use --device cpu (or auto).")
     generator, info = load_generator(file, device=dev)
 
     @torch.no_grad()
@@ -538,6 +540,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
         raise ConfigError("Give --run RUN and/or --model ARTIFACT_DIR (repeatable), or --compare REPORT.json ...")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.out is not None and args.out.is_dir():  # checked now, not after the whole evaluation
+        raise ConfigError(f"--out {args.out} is a folder; give the report's file name, e.g. {args.out / 'eval.json'}.")
     for path in args.run:
         if not path.exists():
             raise ConfigError(f"--run {path} does not exist.")
@@ -594,6 +598,13 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (DpSimsError, RuntimeErrorBase) as e:
         print("error: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
+        return 2
+    except ImportError as e:
+        from runtimes._optional import missing_module_message
+
+        if (message := missing_module_message(e, "python -m train.evaluate")) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -73,6 +73,8 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
         return info, device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device_name}, but torch sees no CUDA GPU here: use train.device=cpu (or auto).")
     return Dist(), torch.device(device_name)
 
 
@@ -230,9 +232,6 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             f"(train.batch_size={tc.batch_size} over {dinfo.world} processes). Lower train.batch_size."
         )
     run_dir = Path(run_dir)
-    if dinfo.main:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
     num_classes, ignore_id = train_set.num_classes, train_set.ignore_id
     sampler = ResumableSampler(len(train_set), tc.seed, dinfo.rank, dinfo.world)
     loader = torch.utils.data.DataLoader(
@@ -263,6 +262,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     if resume:
         state, saved = _resume(run_dir, G, G_ema, D, opt_g, opt_d, scaler, device)
         log.info("resumed %s at step %d", run_dir, state.step)
+        if state.step >= tc.steps:
+            log.warning("the run is already at step %d of train.steps=%d: nothing to train (raise it with "
+                        "--set train.steps=N)", state.step, tc.steps)
+    if dinfo.main and not (resume and state.step >= tc.steps):
+        # only now: a resume that fails (e.g. overrides that do not fit the checkpoint) or has nothing to do
+        # leaves the run folder as it was
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     if dinfo.world > 1:
         if device.type == "cuda":  # batch statistics over the global batch, as on one device (CUDA-only module)
             G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
