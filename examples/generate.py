@@ -8,10 +8,16 @@ import sys
 import numpy as np
 
 from runtimes import imaging, load_predictor
+from runtimes.errors import RuntimeErrorBase
 
+if len(sys.argv) != 4:
+    sys.exit(__doc__)
 artifact, label_png, out_png = sys.argv[1:4]
-with load_predictor(artifact) as predictor:  # any target: onnx, openvino, tensorrt, coreml, torch
-    images = predictor.generate_variations(label_png, n=4, seed=0)  # (4, H, W, 3) uint8, same on every backend
-    shown = predictor.colorize(label_png)  # the label map in the artifact's class colours
-    imaging.save_png(out_png, imaging.image_grid(np.stack([shown, *images])))
+try:
+    with load_predictor(artifact) as predictor:  # any target: onnx, openvino, tensorrt, coreml, torch
+        images = predictor.generate_variations(label_png, n=4, seed=0)  # (4, H, W, 3) uint8, same on every backend
+        shown = predictor.colorize(label_png)  # the label map in the artifact's class colours
+        imaging.save_png(out_png, imaging.image_grid(np.stack([shown, *images])))
+except RuntimeErrorBase as e:  # a bad artifact or label map, a missing runtime: the message says what to do
+    sys.exit(f"error: {e}")
 print(f"{predictor.target} {predictor.precision}: wrote {out_png}")

@@ -83,6 +83,60 @@ def normalize_precision(target: str, precision: str) -> str:
     return precision
 
 
+def _one_of(*values: str):
+    def check(key: str, value: Any) -> str:
+        text = str(value).lower()
+        if text not in values:
+            raise ConfigError(f"-o {key} must be one of {', '.join(values)}, got {value!r}.")
+        return text
+    return check
+
+
+def _number(kind: type, low: float, high: float | None = None):
+    def check(key: str, value: Any) -> Any:
+        try:
+            number = kind(value)
+            ok = isinstance(value, (int, float, str)) and not isinstance(value, bool) and number >= low and (high is None or number <= high)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bound = f">= {low:g}" if high is None else f"within {low:g}..{high:g}"
+            raise ConfigError(f"-o {key} must be {'an integer' if kind is int else 'a number'} {bound}, got {value!r}.")
+        return number
+    return check
+
+
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"-o {key} must be true or false, got {value!r}.")
+
+
+_ONNX_OPTIONS = {"opset": _number(int, 14, 20), "qdq_for": _one_of("tensorrt", "cpu"),
+                 "quantizer": _one_of("auto", "modelopt", "onnxruntime"),
+                 "calibrate_method": _one_of("minmax", "entropy", "percentile")}
+#: the -o options each target reads, with their checks: an unknown key or a bad value fails before any work
+TARGET_OPTIONS: dict[str, dict[str, Any]] = {
+    "onnx": _ONNX_OPTIONS,
+    "tensorrt": {**_ONNX_OPTIONS, "dla": _number(int, 0), "workspace_gb": _number(float, 0.01)},
+    "openvino": {"preset": _one_of("performance", "mixed"), "quantize_elementwise": _flag},
+    "coreml": {"deployment_target": lambda k, v: str(v), "image_output": _flag, "calib_batch": _number(int, 1)},
+    "torch": {},
+}
+
+
+def check_options(target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against what ``target`` reads (names, types, ranges), values normalised."""
+    accepted = TARGET_OPTIONS[target]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        hint = f"it reads {', '.join(sorted(accepted))}" if accepted else "it takes no -o option"
+        what = {"dla": "--dla", "image_output": "--image-output"}
+        names = ", ".join(what.get(k, f"-o {k}") for k in unknown)
+        raise ConfigError(f"The {target} target does not use {names}: {hint}.")
+    return {k: accepted[k](k, v) for k, v in options.items()}
+
+
 def check_requirements(target: str, precision: str) -> None:
     """Fail before any work when a library of the target is missing (the error names the pip extra)."""
     for module, extra in TARGET_NEEDS[target]:
@@ -125,6 +179,7 @@ def export_generator(
     :class:`runtimes.errors.BackendUnavailable` for a missing library) and leaves nothing behind on failure."""
     started = time.perf_counter()
     precision = normalize_precision(target, precision)
+    options = check_options(target, dict(options or {}))
     check_requirements(target, precision)
     module = importlib.import_module(TARGET_MODULES[target])
     batch = _check_batch(batch)

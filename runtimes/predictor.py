@@ -213,7 +213,7 @@ class Predictor:
                 h, w = self.input_size
                 raise InputError(
                     f"This artifact takes {h}x{w} label maps, got {labels.shape[-2]}x{labels.shape[-1]}. "
-                    "Pass resize=True to resize (nearest) or resize the map yourself."
+                    "Pass resize=True (command line: --resize) to resize (nearest) or resize the map yourself."
                 )
             labels = imaging.resize_nearest(labels, self.input_size)
         return labels.astype(np.int32)

@@ -520,6 +520,29 @@ def test_bad_options_are_config_errors(tmp_path, checkpoint, target, precision, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("target, options, match", [
+    ("onnx", {"opset": "abc"}, "-o opset must be an integer within 14..20, got 'abc'"),
+    ("onnx", {"opset": 5}, "within 14..20"),
+    ("onnx", {"calibrate_method": "bogus"}, "-o calibrate_method must be one of minmax, entropy, percentile"),
+    ("openvino", {"preset": "bogus"}, "-o preset must be one of performance, mixed"),
+    ("openvino", {"quantize_elementwise": "yes"}, "-o quantize_elementwise must be true or false"),
+    ("onnx", {"dla": 0}, "does not use --dla"),
+    ("onnx", {"workspace_gb": 4}, "does not use -o workspace_gb: it reads calibrate_method, opset, qdq_for, quantizer"),
+    ("torch", {"opset": 17}, "takes no -o option"),
+])
+def test_bad_target_options_fail_before_any_work(tmp_path, checkpoint, target, options, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        export_generator(checkpoint, target, "fp32", options=options, out=tmp_path / "out", log=quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_target_options_are_normalised():
+    from export.api import check_options
+
+    assert check_options("onnx", {"qdq_for": "TensorRT", "opset": "17"}) == {"qdq_for": "tensorrt", "opset": 17}
+    assert check_options("tensorrt", {"dla": 1, "workspace_gb": 4}) == {"dla": 1, "workspace_gb": 4.0}
+
+
 def test_int8_of_a_real_dataset_model_needs_calib(tmp_path, generator):
     file = save_generator(tmp_path / "ade.safetensors", generator, generator_info(dataset="ade20k"))
     with pytest.raises(ConfigError, match="--calib"):

@@ -436,3 +436,27 @@ def test_runtimes_imports_and_runs_onnx_without_torch_openvino_pil(artifacts):
 
 def test_public_names():
     assert runtimes.load_predictor is load_predictor and issubclass(runtimes.InputError, ValueError)
+
+
+def test_generate_example_writes_the_grid_and_reports_bad_input_in_one_line(artifacts, tmp_path):
+    """examples/generate.py, the app README points users to: label map + 4 seeds in one PNG; errors without a
+    traceback."""
+    from PIL import Image
+
+    from runtimes import load_predictor
+
+    root = Path(__file__).resolve().parents[1]
+    label = tmp_path / "label.png"
+    with load_predictor(artifacts["onnx"]) as predictor:
+        h, w = predictor.input_size
+    Image.fromarray(np.arange(h * w, dtype=np.uint8).reshape(h, w) % 5, mode="L").save(label)
+    out = tmp_path / "grid.png"
+    r = subprocess.run([sys.executable, "examples/generate.py", str(artifacts["onnx"]), str(label), str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[2] == 3 and grid.size > 5 * h * w * 3 * 0.9  # the map and four images
+    Image.fromarray(np.full((h, w), 99, np.uint8), mode="L").save(label)
+    r = subprocess.run([sys.executable, "examples/generate.py", str(artifacts["onnx"]), str(label), str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "class id 99" in r.stderr

@@ -688,6 +688,21 @@ def test_jetson_script_stops_with_2_where_tensorrt_is_missing(onnx_fp32, tmp_pat
     assert code == 2 and "dp-sims[tensorrt]" in err and "2 label map(s) were read" in err
 
 
+def test_jetson_script_checks_class_ids_and_counts_before_the_engine(onnx_fp32, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    artifact = make_artifact(tmp_path / "a", onnx_fp32)
+    labels = _label_pngs(tmp_path / "maps", read_manifest(artifact))
+    Image.fromarray(np.full(SIZE, 200, np.uint8), mode="L").save(labels / "bad.png")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    script = _jetson_script()
+    code = script.main(["--model", str(artifact), "--labels", str(labels), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "bad.png holds class id 200" in err and "TensorRT" not in err
+    assert script.main(["--model", str(artifact), "--labels", str(labels), "--runs", "0"]) == 1
+    assert "--runs must be >= 1" in capsys.readouterr().err
+
+
 def test_jetson_script_runs_with_tensorrt(fake, onnx_fp32, tmp_path, monkeypatch, capsys):
     import runtimes.backends.tensorrt as backend
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes import imaging, load_predictor
-from runtimes.errors import BackendUnavailable, RuntimeErrorBase
+from runtimes.errors import BackendUnavailable, InputError, RuntimeErrorBase
 from runtimes.spec import Manifest, read_manifest
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_TENSORRT = 0, 1, 2
@@ -56,6 +56,13 @@ def read_label_maps(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
         ids = imaging.colors_to_ids(array, palette, manifest.ignore_id) if is_rgb else array
         if tuple(ids.shape) != tuple(manifest.input_size):
             ids = imaging.resize_nearest(ids, tuple(manifest.input_size))
+        bad = (ids < 0) | (ids >= manifest.num_classes)
+        if manifest.ignore_id is not None:
+            bad &= ids != manifest.ignore_id
+        if bad.any():  # checked here, before minutes of engine building on the device
+            raise InputError(f"{path} holds class id {int(ids[bad][0])} ({int(bad.sum())} pixels); the artifact knows "
+                             f"ids 0..{manifest.num_classes - 1}" + (f" and the ignore id {manifest.ignore_id}."
+                                                                       if manifest.ignore_id is not None else "."))
         maps[path.stem] = ids.astype(np.int32)
     return maps
 
@@ -81,6 +88,9 @@ def percentile_ms(seconds: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        print(f"error: --runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}.", file=sys.stderr)
+        return EXIT_ERROR
     try:
         manifest = read_manifest(args.model)  # checks every file's sha256
         if manifest.target != "tensorrt":
