@@ -326,6 +326,17 @@ def test_bad_manifests_are_refused(artifacts, tmp_path, changes, match):
         load_predictor(art)
 
 
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+@pytest.mark.parametrize("changes, name", [({"noise_shape": [3, 7]}, "noise"), ({"input_size": [64, 64]}, "label")])
+def test_a_manifest_that_does_not_describe_its_model_is_refused_at_load(artifacts, tmp_path, target, changes, name):
+    """A model.json edited by hand (shapes that are valid but not the model's): a ManifestError at load that
+    names the input, instead of an engine error at the first generate()."""
+    art = copy_artifact(artifacts[target], tmp_path)
+    edit_manifest(art, **changes)
+    with pytest.raises(ManifestError, match=rf"input '{name}' has shape \[N, .*model.json states"):
+        load_predictor(art, verify=False)
+
+
 def test_bad_paths_are_refused(artifacts, tmp_path):
     with pytest.raises(ManifestError, match="No model.json"):
         load_predictor(tmp_path)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import InputError
-from runtimes.spec import Manifest
+from runtimes.errors import InputError, ManifestError
+from runtimes.spec import INPUT_LABEL, INPUT_NOISE, Manifest
 
 
 class Backend(ABC):
@@ -60,3 +60,20 @@ def int_option(name: str, value: Any, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"The option {name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def check_input_shapes(what: Path, shapes: dict[str, list[int | None]], manifest: Manifest) -> None:
+    """The graph's static input dims (None: dynamic) must be the ones model.json states: an edited or mismatched
+    manifest fails at load with this message, not with an engine error at the first call."""
+    want = {INPUT_LABEL: list(manifest.input_size), INPUT_NOISE: list(manifest.noise_shape)}
+    for name, expected in want.items():
+        dims = shapes.get(name)
+        if dims is None:
+            continue
+        got = dims[1:]
+        if len(got) != len(expected) or any(g is not None and g != e for g, e in zip(got, expected)):
+            shown = ", ".join("N" if d is None else str(d) for d in dims)
+            raise ManifestError(
+                f"{what}: input {name!r} has shape [{shown}], but model.json states [N, {', '.join(map(str, expected))}]; "
+                "the manifest does not describe this model (edited, or from another export). Export it again."
+            )

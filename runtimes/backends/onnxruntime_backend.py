@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from runtimes._optional import require
-from runtimes.backends.base import Backend, int_option
+from runtimes.backends.base import Backend, check_input_shapes, int_option
 from runtimes.errors import BackendUnavailable, InputError, ManifestError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
 
@@ -91,6 +91,8 @@ class OnnxRuntimeBackend(Backend):
         if unknown:
             raise ManifestError(f"{path} has inputs of unsupported types {unknown}.")
         self._input_types = {n: _NUMPY_TYPES[t] for n, t in inputs.items()}
+        check_input_shapes(path, {i.name: [d if isinstance(d, int) else None for d in i.shape]
+                                  for i in self.session.get_inputs()}, manifest)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: inputs[name].astype(dtype, copy=False) for name, dtype in self._input_types.items()}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtimes._optional import require
-from runtimes.backends.base import Backend, int_option
+from runtimes.backends.base import Backend, check_input_shapes, int_option
 from runtimes.errors import BackendUnavailable, InputError, ManifestError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
 
@@ -63,6 +63,8 @@ class OpenVINOBackend(Backend):
                 f"{xml} has inputs {sorted(names)} and outputs {sorted(outputs)}; the graph contract wants inputs "
                 f"{INPUT_LABEL!r}, {INPUT_NOISE!r} and output {OUTPUT_IMAGE!r}. Export it again with `python -m export`."
             )
+        check_input_shapes(xml, {n: [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+                                 for port in model.inputs for n in port.get_names()}, manifest)
         self._static_batch = self.ov_device.startswith("NPU")  # NPUs compile static shapes only
         if self._static_batch:
             model.reshape({INPUT_LABEL: [1, *manifest.input_size], INPUT_NOISE: [1, *manifest.noise_shape]})
