@@ -329,3 +329,14 @@ def test_paint_and_generate_in_chromium(server_url, predictor, tmp_path):
         finally:
             context.close()
     assert not errors, errors
+
+
+def test_cli_bad_artifact_or_port_is_one_line_and_exit_2(tmp_path, capsys):
+    from examples.web_painter.app import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path)])
+    assert e.value.code == 2 and "No model.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path), "--port", "99999"])
+    assert e.value.code == 2 and "--port must be within 1..65535" in capsys.readouterr().err

@@ -36,12 +36,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from PIL import Image
 
-from runtimes import InputError, load_predictor, read_manifest
+try:
+    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from PIL import Image
+except ImportError as e:  # the example's own dependencies
+    raise SystemExit(f"The web painter needs {e.name}: pip install 'dp-sims[web]'") from None
+
+from runtimes import InputError, RuntimeErrorBase, load_predictor, read_manifest
 from runtimes.predictor import Predictor
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -98,15 +102,17 @@ class BodyLimit:
 
 
 def create_app(artifact_dir: str | Path, device: str = "cpu", *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_variations: int = MAX_VARIATIONS, **options: Any) -> FastAPI:
+               max_variations: int = MAX_VARIATIONS, predictor: Predictor | None = None, **options: Any) -> FastAPI:
     """The painter app for the artifact in ``artifact_dir``. Its manifest is read now (a bad folder fails here);
-    the predictor opens on ``device`` at startup and closes at shutdown. ``options`` go to load_predictor."""
+    the predictor (``predictor``, already open, or one opened on ``device`` with ``options``) is used from startup
+    and closed at shutdown."""
     manifest = read_manifest(artifact_dir, verify=False)
     state: dict[str, Predictor] = {}
+    opened = [predictor] if predictor is not None else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["predictor"] = app.state.predictor = load_predictor(artifact_dir, device, **options)
+        state["predictor"] = app.state.predictor = opened.pop() if opened else load_predictor(artifact_dir, device, **options)
         try:
             yield
         finally:
@@ -118,7 +124,7 @@ def create_app(artifact_dir: str | Path, device: str = "cpu", *, max_upload_byte
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # realpath-checked: no ../ escapes
 
-    def predictor() -> Predictor:
+    def current() -> Predictor:
         if "predictor" not in state:
             raise HTTPException(503, "The model is not loaded (the app is starting or stopping).")
         return state["predictor"]
@@ -133,7 +139,7 @@ def create_app(artifact_dir: str | Path, device: str = "cpu", *, max_upload_byte
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        p = predictor()
+        p = current()
         return {
             "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in p.classes],
             "input_size": list(p.input_size),
@@ -147,7 +153,7 @@ def create_app(artifact_dir: str | Path, device: str = "cpu", *, max_upload_byte
 
     @app.post("/api/generate")
     def generate(label: UploadFile = File(...), seed: int = Form(0), resize: bool = Form(False)) -> Response:
-        p = predictor()
+        p = current()
         image = p.generate(_read_label(label), seed=_check_seed(seed), resize=resize)
         return Response(_png(image), media_type="image/png", headers={"X-Seed": str(seed)})
 
@@ -156,7 +162,7 @@ def create_app(artifact_dir: str | Path, device: str = "cpu", *, max_upload_byte
                    resize: bool = Form(False)) -> dict[str, Any]:
         if not 1 <= n <= max_variations:
             raise HTTPException(400, f"n must be in 1..{max_variations}, got {n}.")
-        p = predictor()
+        p = current()
         images = p.generate_variations(_read_label(label), n, seed=_check_seed(seed), resize=resize)
         return {"seeds": [seed + i for i in range(n)], "images": [base64.b64encode(_png(im)).decode() for im in images]}
 
@@ -197,10 +203,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be within 1..65535, got {args.port}.")
     import uvicorn
 
-    app = create_app(args.model, args.device)
-    print(f"DP-SIMS web painter: http://{args.host}:{args.port}/", flush=True)
+    try:  # open the model before serving: a bad artifact or device is one line here, not a server traceback
+        predictor = load_predictor(args.model, args.device)
+        app = create_app(args.model, args.device, predictor=predictor)
+    except RuntimeErrorBase as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"DP-SIMS web painter ({predictor.target} {predictor.precision}): http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
