@@ -68,7 +68,8 @@ class CalibrationSet:
     def split(self, held_out_fraction: float = HELD_OUT_FRACTION) -> tuple[CalibrationSet, CalibrationSet]:
         """(samples for the quantizer, held-out samples for the quality report); needs at least 2 samples."""
         if len(self) < 2:
-            raise DataError(f"Calibration needs at least 2 samples (some are held out for the quality check); got {len(self)}.")
+            raise DataError(f"Calibration needs at least 2 label maps (a quarter is held out for the quality check); "
+                            f"{self.source} gave {len(self)}: add maps or raise --calib-samples.")
         cut = len(self) - max(1, int(round(len(self) * held_out_fraction)))
         return self.subset(0, cut), self.subset(cut)
 
@@ -164,10 +165,15 @@ def _dataset(spec: str, num_classes: int, size, samples: int) -> np.ndarray:
     from train.data import build_dataset
     from train.errors import ConfigError
 
+    if Path(spec).is_file() and Path(spec).suffix.lower() not in (".yaml", ".yml"):
+        raise DataError(f"--calib {spec} is a file: give a folder of label maps ({', '.join(LABEL_SUFFIXES)}), "
+                        "'synthetic', or a dataset config (.yaml).")
     try:
         cfg = load_config(spec, [])
     except ConfigError as e:
-        raise DataError(f"--calib {spec!r} is not 'synthetic', an existing folder, or a dataset preset/config: {e}") from None
+        hint = (" (python -m export has no --set: give the training run's RUN/config.yaml, or a YAML whose data.root "
+                "points at the dataset)" if "data.root" in str(e) else "")
+        raise DataError(f"--calib {spec!r} is not 'synthetic', an existing folder, or a dataset config: {e}{hint}") from None
     dataset = build_dataset(cfg.data, "val")
     if dataset.num_classes != num_classes:
         raise DataError(f"--calib {spec} has {dataset.num_classes} classes, the generator {num_classes}: calibrate on "

@@ -19,10 +19,22 @@ from typing import Any
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
     try:
+        if len(parts) not in (1, 2):
+            raise ValueError
         h, w = (int(p) for p in parts) if len(parts) == 2 else (int(parts[0]),) * 2
     except ValueError:
         raise argparse.ArgumentTypeError(f"--size is HxW (e.g. 256x512) or one number, got {text!r}") from None
     return h, w
+
+
+def _psnr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 200:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"--min-psnr is a PSNR bar in dB (e.g. 30), got {text!r}")
+    return value
 
 
 def _batch(text: str) -> tuple[int, int, int]:
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-seed", type=int, default=None, help="seed of the synthetic maps and the noise")
     p.add_argument("--size", type=_size, default=None, help="HxW of the artifact (default: the training size)")
     p.add_argument("--batch", type=_batch, default=(1, 1, 16), help="min,opt,max batch (default 1,1,16)")
-    p.add_argument("--min-psnr", type=float, default=30.0, help="INT8 quality bar against FP32 in dB (default 30)")
+    p.add_argument("--min-psnr", type=_psnr, default=30.0, help="INT8 quality bar against FP32 in dB (default 30)")
     p.add_argument("--out", default=None, help="artifact directory (default artifacts/RUN-TARGET-PRECISION)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--from", dest="from_onnx", default=None,

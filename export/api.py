@@ -194,7 +194,7 @@ def export_generator(
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the artifact (it is created if missing).")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
-    log(f"[export] loading the EMA generator from {source_file}")
+    log(f"[export] loading the {'EMA generator' if source_file.name == 'generator_ema.safetensors' else 'generator'} from {source_file}")
     generator, info = load_generator(source_file)
     input_size = _check_size(size or tuple(info.image_size), generator.stride)
     noise_shape = tuple(int(v) for v in generator.noise_shape)

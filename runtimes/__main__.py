@@ -22,7 +22,7 @@ import numpy as np
 
 from runtimes import imaging
 from runtimes.backends import BACKENDS, available_libraries
-from runtimes.errors import RuntimeErrorBase
+from runtimes.errors import InputError, RuntimeErrorBase
 from runtimes.predictor import load_predictor
 from runtimes.spec import read_manifest
 
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_generate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
     out = Path(args.out)
+    if out.suffix.lower() not in ("", ".png"):
+        raise InputError(f"--out {out}: images are written as PNG; give a .png file name.")
+    if args.grid and args.n == 1:
+        raise InputError("--grid puts several seeds side by side: use it with --n 2 or more.")
     with load_predictor(args.model, device=args.device, **dict(args.option)) as predictor:
         images = predictor.generate_variations(args.label, args.n, seed=seed, resize=args.resize)
         if args.n == 1:

@@ -47,6 +47,8 @@ def pil_to_array(image: Any) -> tuple[np.ndarray, bool]:
 def read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     """Read a label map file: ``.npy`` (class ids, never unpickled) or any image pillow reads (see pil_to_array)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give one label map file (.png or .npy).")
     if not path.is_file():
         raise InputError(f"No label map file at {path}.")
     if path.suffix.lower() == ".npy":

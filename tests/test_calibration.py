@@ -94,7 +94,7 @@ def test_split_holds_out_the_last_quarter(samples, held):
 def test_split_keeps_the_scenes_and_needs_two_samples():
     data = synthetic(samples=8)
     assert data.split()[1].scenes is data.scenes
-    with pytest.raises(DataError, match="at least 2 samples"):
+    with pytest.raises(DataError, match="at least 2 label maps.*gave 1"):
         synthetic(samples=1).split()
 
 
@@ -232,8 +232,13 @@ def test_dataset_preset_reads_its_validation_labels():
 
 
 def test_unknown_source_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="not 'synthetic', an existing folder, or a dataset preset"):
+    with pytest.raises(DataError, match="not 'synthetic', an existing folder, or a dataset config"):
         load_calibration_set(tmp_path / "no-such-folder", 5, SIZE, NOISE_SHAPE, 4)
+    (tmp_path / "map.png").write_bytes(b"")
+    with pytest.raises(DataError, match="map.png is a file: give a folder of label maps"):
+        load_calibration_set(tmp_path / "map.png", 5, SIZE, NOISE_SHAPE, 4)
+    with pytest.raises(DataError, match="python -m export has no --set: give the training run's RUN/config.yaml"):
+        load_calibration_set("ade20k-256", 151, SIZE, NOISE_SHAPE, 4)
 
 
 # ------------------------------------------------------------------------------------------------- compare

@@ -265,6 +265,12 @@ def test_folder_errors(tmp_path, rng):
         build_dataset(data_cfg("folder", tmp_path, size=(8, 8)))[0]
     with pytest.raises(DataError, match="does not exist"):
         build_dataset(data_cfg("folder", tmp_path, classes_file=str(tmp_path / "missing.txt")))
+    (tmp_path / "classes.json").write_text('{"classes": [{"name": "a", "color": 5}, "b"]}')
+    with pytest.raises(DataError, match="colour of class 'a' must be three integers"):
+        build_dataset(data_cfg("folder", tmp_path, classes_file=str(tmp_path / "classes.json")))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\nb\n".encode("latin-1"))
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        build_dataset(data_cfg("folder", tmp_path, classes_file=str(tmp_path / "latin1.txt")))
 
 
 # --------------------------------------------------------------------------------------------- transform

@@ -592,6 +592,16 @@ def test_cli_user_error_exits_2_without_traceback(tmp_path, checkpoint):
     no_leftovers(tmp_path, out)
 
 
+@pytest.mark.parametrize("flag, value, words", [("--size", "16x32x64", "--size is HxW"),
+                                               ("--min-psnr", "nan", "--min-psnr is a PSNR bar in dB")])
+def test_cli_malformed_numbers_are_refused(tmp_path, checkpoint, capsys, flag, value, words):
+    from export.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(checkpoint), "--target", "onnx", flag, value, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and words in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_cli_in_process_bad_size_is_one_paragraph(tmp_path, checkpoint, capsys):
     from export.__main__ import main
 

@@ -397,6 +397,13 @@ def test_cli_user_errors_exit_2(artifacts, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["generate", "--model", "x", "--label", "y", "--out", "z", "--n", "0"])
     assert exc.value.code == 2
+    base = ["generate", "--model", str(artifacts["onnx"]), "--label", str(tmp_path / "bad.npy")]
+    capsys.readouterr()
+    assert cli_main([*base, "--out", str(tmp_path / "o.jpg")]) == 2 and "give a .png file name" in capsys.readouterr().err
+    assert cli_main([*base, "--out", str(tmp_path / "o.png"), "--grid"]) == 2 and "--n 2 or more" in capsys.readouterr().err
+    assert cli_main(["generate", "--model", str(artifacts["onnx"]), "--label", str(tmp_path), "--out", str(tmp_path / "o.png")]) == 2
+    assert "is a folder; give one label map file" in capsys.readouterr().err
+    assert not (tmp_path / "o.jpg").exists() and not (tmp_path / "o.png").exists()
 
 
 def test_cli_info_json(artifacts, capsys):

@@ -128,6 +128,15 @@ def test_nan_loss_stops_with_terms_and_keeps_checkpoint(tmp_path, monkeypatch):
     assert (last_checkpoint(tmp_path / "run") / "generator_ema.safetensors").read_bytes() == before
 
 
+def test_an_empty_last_pointer_is_a_clear_error(tmp_path):
+    from train.errors import CheckpointError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last").write_text("\n")
+    with pytest.raises(CheckpointError, match="last is empty; it should name a step_"):
+        last_checkpoint(tmp_path / "run")
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     from train.errors import CheckpointError
 

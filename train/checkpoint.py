@@ -177,7 +177,10 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / "last"
     if not pointer.exists():
         return None
-    target = pointer.parent / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not name:
+        raise CheckpointError(f"{pointer} is empty; it should name a step_* folder beside it (e.g. step_0001000).")
+    target = pointer.parent / name
     if not (target / "state.json").exists():
         raise CheckpointError(f"{pointer} points to {target.name}, which is missing or incomplete.")
     return target

@@ -186,7 +186,8 @@ def _read_label(upload: UploadFile) -> Image.Image:
     except HTTPException:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise HTTPException(400, f"The label must be a PNG of class ids (mode L or P) ({e}).") from None
+        reason = str(e).split(" <_io.")[0].rstrip(" :")  # pillow names the in-memory file object: not for users
+        raise HTTPException(400, f"The label must be a PNG of class ids (mode L or P) ({reason}).") from None
     return image
 
 

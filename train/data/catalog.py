@@ -109,7 +109,7 @@ def load_builtin(name: str) -> ClassList:
     if not path.is_file():
         known = sorted(p.stem.replace("_", "-") for p in BUILTIN_DIR.glob("*.json"))
         raise DataError(f"No built-in class list {name!r}; known: {', '.join(known)}.")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     entries = sorted(data["classes"], key=lambda c: c["id"])
     if [c["id"] for c in entries] != list(range(len(entries))):
         raise DataError(f"{path}: class ids must be 0..N-1 without gaps.")
@@ -127,7 +127,7 @@ _IGNORE_LINE = re.compile(r"^ignore_id\s*[:=]\s*(-?\d+)\s*$")
 def _parse_txt(path: Path) -> tuple[list[tuple[str, list[int] | None]], int | None]:
     entries: list[tuple[str, list[int] | None]] = []
     ignore = None
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -145,7 +145,7 @@ def _parse_txt(path: Path) -> tuple[list[tuple[str, list[int] | None]], int | No
 
 def _parse_json(path: Path) -> tuple[list[tuple[str, list[int] | None]], int | None]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
     if isinstance(data, list):
@@ -169,11 +169,15 @@ def _parse_json(path: Path) -> tuple[list[tuple[str, list[int] | None]], int | N
 def read_classes_file(path: str | Path) -> ClassList:
     """Read a folder dataset's ``classes.txt`` / ``classes.json`` (format in the module docstring)."""
     path = Path(path)
-    entries, ignore = _parse_json(path) if path.suffix.lower() == ".json" else _parse_txt(path)
+    try:
+        entries, ignore = _parse_json(path) if path.suffix.lower() == ".json" else _parse_txt(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
     if not entries:
         raise DataError(f"{path} lists no classes; write one class name per line.")
     for name, color in entries:
-        if color is not None and (len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color)):
+        if color is not None and (not isinstance(color, list) or len(color) != 3
+                                  or not all(isinstance(v, int) and 0 <= v <= 255 for v in color)):
             raise DataError(f"{path}: colour of class {name!r} must be three integers 0..255, got {color!r}.")
     raw: list[int | None] = list(range(len(entries)))
     if ignore is not None and ignore < 0:
