@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.backbone_weights:
         overrides.append(f"model.discriminator.weights={args.backbone_weights}")
+    if args.resume and (args.config or args.out):
+        from train.errors import ConfigError
+
+        raise ConfigError(f"--resume {args.resume} continues that run with its own config.yaml and folder: drop "
+                          "--config/--out (change values with --set), or start a new run without --resume.")
     if args.resume:
         if not (args.resume / "config.yaml").exists():
             from train.errors import CheckpointError
