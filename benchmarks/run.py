@@ -220,25 +220,22 @@ def load_model(args: argparse.Namespace):
     """(name, generator, GeneratorInfo) of the checkpoint, or of a random-weight generator of a preset."""
     import torch
 
+    from export.api import check_size
     from train.checkpoint import GeneratorInfo, load_generator
     from train.config import load_config
-    from train.errors import ConfigError
     from train.models.generator import Generator
-
-    def check_size(generator) -> None:
-        if args.size is not None and (len(args.size) != 2 or any(v <= 0 or v % generator.stride for v in args.size)):
-            raise ConfigError(f"--size must be HxW with both sides multiples of the generator's stride "
-                              f"{generator.stride}, got {'x'.join(map(str, args.size))}.")
 
     if args.checkpoint:
         generator, info = load_generator(args.checkpoint)
-        check_size(generator)
+        if args.size is not None:
+            check_size(args.size, generator.stride)
         return Path(args.checkpoint).name, generator, info
     cfg = load_config(args.preset, ([] if "synthetic" in args.preset else ["data.root=."]) + args.set)  # data is not read
     num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset == "synthetic" else 151)
     torch.manual_seed(0)
     generator = Generator(num_classes, cfg.model.generator)
-    check_size(generator)
+    if args.size is not None:
+        check_size(args.size, generator.stride)
     generator = warmed(generator, num_classes, tuple(args.size or cfg.data.image_size))
     size = list(args.size or cfg.data.image_size)
     info = GeneratorInfo(num_classes=num_classes, generator=cfg.model.generator, image_size=size,

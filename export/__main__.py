@@ -130,16 +130,14 @@ def _from_onnx(args: argparse.Namespace) -> int:
         raise ConfigError("--from builds TensorRT engines; use it with --target tensorrt.")
     if not args.out:
         raise ConfigError("--from needs --out DIR (the TensorRT artifact folder; the source folder itself rebuilds in place).")
+    from export.api import TARGET_OPTIONS
     from export.tensorrt import export_from_onnx
 
     options = dict(args.option)
     unknown = sorted(set(options) - {"workspace_gb"})
     if unknown:
         raise ConfigError(f"--from takes -o workspace_gb=N only, not {', '.join(unknown)}.")
-    try:
-        workspace_gb = float(options.get("workspace_gb", 2.0))
-    except (TypeError, ValueError):
-        raise ConfigError(f"-o workspace_gb must be a number of GB, got {options['workspace_gb']!r}.") from None
+    workspace_gb = TARGET_OPTIONS["tensorrt"]["workspace_gb"]("workspace_gb", options.get("workspace_gb", 2.0))
     result = export_from_onnx(args.from_onnx, args.out, args.precision,
                               args.batch if args.batch != (1, 1, 16) else None, args.dla,
                               workspace_gb=workspace_gb, overwrite=args.overwrite)

@@ -9,15 +9,13 @@ place only when everything succeeded: a failed export writes nothing.
 from __future__ import annotations
 
 import importlib
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from export.base import ExportRequest, ExportResult
+from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
 from runtimes._optional import require
 from runtimes.spec import ClassInfo, Manifest, file_entry, write_manifest
 from train.errors import ConfigError, DpSimsError
@@ -190,13 +188,10 @@ def export_generator(
 
     source_file = resolve_generator_file(checkpoint)
     out_dir = Path(out) if out is not None else Path("artifacts") / f"{_run_name(source_file)}-{target}-{precision}"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; give a folder for the artifact (it is created if missing).")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
+    check_out_dir(out_dir, overwrite)
     log(f"[export] loading the {'EMA generator' if source_file.name == 'generator_ema.safetensors' else 'generator'} from {source_file}")
     generator, info = load_generator(source_file)
-    input_size = _check_size(size or tuple(info.image_size), generator.stride)
+    input_size = check_size(size or tuple(info.image_size), generator.stride)
     noise_shape = tuple(int(v) for v in generator.noise_shape)
 
     if calib is None:
@@ -218,9 +213,7 @@ def export_generator(
     log(f"[export] calibration set: {len(calib_set)} label maps from {calib_set.source} "
         f"({len(calib_set.split()[1])} held out for the quality check)")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as work:
         classes = [ClassInfo(id=i, name=n, color=[int(c) for c in col])
                    for i, (n, col) in enumerate(zip(info.class_names, info.palette))]
         manifest = Manifest(
@@ -242,12 +235,6 @@ def export_generator(
         manifest.calibration = result.calibration
         manifest.target_options = result.target_options
         write_manifest(manifest, work)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     size_bytes = sum(f.bytes for f in manifest.files)
     return ExportReport(out_dir, manifest, time.perf_counter() - started, size_bytes, list(result.notes))
 
@@ -269,7 +256,10 @@ def _check_batch(batch) -> tuple[int, int, int]:
     return b  # type: ignore[return-value]
 
 
-def _check_size(size, stride: int) -> tuple[int, int]:
+def check_size(size, stride: int) -> tuple[int, int]:
+    """``size`` as (H, W), or a ConfigError unless it is two positive multiples of the generator's ``stride``."""
+    if len(size) != 2:
+        raise ConfigError(f"--size {'x'.join(map(str, size))}: give HxW, e.g. 256x512.")
     h, w = (int(v) for v in size)
     if h <= 0 or w <= 0 or h % stride or w % stride:
         raise ConfigError(f"--size {h}x{w}: height and width must be positive multiples of the generator's "

@@ -3,9 +3,15 @@ build an :class:`ExportRequest`, call ``export(request)`` of the target's module
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from train.errors import ConfigError  # torch-free: the TensorRT device path imports this module
 
 if TYPE_CHECKING:  # heavy imports stay out of module import time
     import torch
@@ -46,3 +52,27 @@ class ExportResult:
     target_options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Lines printed after the summary table (e.g. 'engine will be built on the device')."""
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder without ``--overwrite`` (before any work)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the artifact (it is created if missing).")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
+
+
+@contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` to write the artifact into; it replaces ``out_dir`` when the block
+    succeeds and is removed when it fails, so a failed export leaves nothing behind."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield work
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

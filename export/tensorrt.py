@@ -11,13 +11,13 @@ Engines are device caches (validated by their sidecar ``model.engine.json``), no
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from export.base import ExportRequest, ExportResult
+from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
 from runtimes.errors import BackendUnavailable, ManifestError
 from runtimes.spec import file_entry, read_manifest, write_manifest
 from runtimes.trt_engine import (
@@ -180,13 +180,11 @@ def export_from_onnx(
     if source.file(onnx_path.name).path != onnx_path.name:
         raise ManifestError(f"{onnx_path.name} is not the model file of the artifact in {source_dir}.")
     in_place = out_dir.exists() and out_dir.resolve() == source_dir.resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; give a folder for the TensorRT artifact.")
     if in_place and source.target != "tensorrt" and not overwrite:
         raise ConfigError(f"--out {out_dir} is the onnx artifact itself: building there would turn it into a "
                           "tensorrt artifact. Give another --out, or pass --overwrite to convert it in place.")
-    if not in_place and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
+    if not in_place:
+        check_out_dir(out_dir, overwrite)
     onnx_precision = source.target_options.get("onnx_precision", source.precision)
     precision = precision or onnx_precision
     if precision not in PRECISIONS:
@@ -197,11 +195,9 @@ def export_from_onnx(
     plan["onnx"] = onnx_path.name
 
     onnx_files = [f.path for f in source.files]  # model.onnx and its external weights, if any
-    # a new artifact is built in a temporary folder beside --out and renamed into place: a failure leaves nothing
-    # (in place, the engine and its sidecar are the only new files)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = source_dir if in_place else Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    # a new artifact is written into a temporary folder renamed into place (a failure leaves nothing); in place,
+    # the engine and its sidecar are the only new files
+    with contextlib.nullcontext(source_dir) if in_place else staged_dir(out_dir) as work:
         if not in_place:
             for name in onnx_files:
                 (work / name).parent.mkdir(parents=True, exist_ok=True)
@@ -220,13 +216,5 @@ def export_from_onnx(
             notes.append(f"The {onnx_precision} ONNX is built at {precision} by TensorRT's builder flags: its "
                          "quality was not measured; compare its images with the FP32 artifact before shipping it.")
         write_manifest(manifest, work)
-        if not in_place:
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            work.rename(out_dir)
-    except BaseException:
-        if not in_place:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
     return ExportResult(files=onnx_files, quality=manifest.quality, calibration=source.calibration,
                         target_options=plan, notes=notes)

@@ -38,6 +38,23 @@ from runtimes.spec import (
 LabelMap = Any  # np.ndarray | PIL.Image.Image | str | os.PathLike | Sequence of those (one per map)
 
 
+def check_class_ids(labels: np.ndarray, num_classes: int, ignore_id: int | None, what: str = "The label map") -> None:
+    """InputError naming the first pixel whose id is neither a class of the artifact nor its ignore id."""
+    lo, hi = labels.min(), labels.max()
+    if lo >= 0 and hi < num_classes:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_id is not None:
+        bad &= labels != ignore_id
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        ignore = f" or the ignore id {ignore_id}" if ignore_id is not None else ""
+        raise InputError(
+            f"{what} holds the class id {int(labels[where])} at {where} ({int(bad.sum())} such pixels); "
+            f"this artifact knows ids 0..{num_classes - 1}{ignore}."
+        )
+
+
 def load_predictor(path: str | os.PathLike, device: str = "auto", *, verify: bool = True, **options: Any) -> Predictor:
     """Open the artifact at ``path`` (its directory or its model.json) on ``device``.
 
@@ -219,19 +236,7 @@ class Predictor:
         return labels.astype(np.int32)
 
     def _check_ids(self, labels: np.ndarray) -> None:
-        lo, hi = labels.min(), labels.max()
-        if lo >= 0 and hi < self.num_classes:
-            return
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if self.ignore_id is not None:
-            bad &= labels != self.ignore_id
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            ignore = f" or the ignore id {self.ignore_id}" if self.ignore_id is not None else ""
-            raise InputError(
-                f"The label map holds the class id {int(labels[where])} at {where} ({int(bad.sum())} such pixels); "
-                f"this artifact knows ids 0..{self.num_classes - 1}{ignore}."
-            )
+        check_class_ids(labels, self.num_classes, self.ignore_id)
 
     def ids_from_colors(self, rgb: np.ndarray) -> np.ndarray:
         """Class ids [..., H, W] of a colour-coded map [..., H, W, 3] drawn in the artifact's palette colours

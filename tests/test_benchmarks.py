@@ -155,7 +155,7 @@ def test_cuda_rows_fp16_and_cuda_graph_match_fp32():
     (["--runs", "0"], "--runs >= 1"),
     (["--batches", "1,a"], "--batches takes batch sizes"),
     (["--artifacts", "onnx:fp32,foo:bar"], "got 'foo:bar'"),
-    (["--size", "33"], "multiples of the generator's stride 8"),
+    (["--size", "33"], "multiples of the generator's total stride 8"),
     (["--preset", "nope"], "Config 'nope' not found"),
     (["--set", "train.foo=1"], "Unknown key(s) 'foo'"),
     (["--peer", "nonexist:fn"], "--peer nonexist:fn: cannot import it"),

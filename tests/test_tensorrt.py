@@ -698,7 +698,7 @@ def test_jetson_script_checks_class_ids_and_counts_before_the_engine(onnx_fp32, 
     script = _jetson_script()
     code = script.main(["--model", str(artifact), "--labels", str(labels), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 1 and "bad.png holds class id 200" in err and "TensorRT" not in err
+    assert code == 1 and "bad.png holds the class id 200" in err and "TensorRT" not in err
     assert script.main(["--model", str(artifact), "--labels", str(labels), "--runs", "0"]) == 1
     assert "--runs must be >= 1" in capsys.readouterr().err
 

@@ -30,10 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _main_process() -> bool:
+    """Under torchrun only rank 0 logs and prints (every rank trains)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs and prints
-    logging.basicConfig(level=logging.INFO if main_process else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if _main_process() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
     except DpSimsError as e:
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from train.loop import train
 
     train(cfg, run_dir, resume=bool(args.resume))
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _main_process():
         return 0
     from train.checkpoint import last_checkpoint
 

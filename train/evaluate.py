@@ -254,7 +254,12 @@ class Evaluation:
     def __call__(self, source: ImageSource) -> dict[str, Any]:
         """Generate the validation set ``seeds`` times with ``source`` and measure it; returns the report dict."""
         from train.eval_metrics import PixelDiversity, extract_features, fid_kid
-        from train.metrics import confusion_matrix, miou_of_confusion, to_uint8_nhwc
+        from train.metrics import (
+            confusion_matrix,
+            label_consistency_confusion,
+            miou_of_confusion,
+            to_uint8_nhwc,
+        )
 
         started = time.perf_counter()
         self.check(source)
@@ -280,7 +285,7 @@ class Evaluation:
             if self.extractor is not None:
                 (features[i] if i < seeds else real_features).append(extract_features(self.extractor, images))
             if scenes is not None:
-                lc_cm[i] += confusion_matrix(scenes.classify(images), labels, kl)
+                lc_cm[i] += label_consistency_confusion(images, labels, scenes)
             if self.segmenter is not None:
                 seg_cm[i] += confusion_matrix(self.segmenter.predict(images), labels, k, ignore)
 

@@ -204,20 +204,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     from train.samples import label_consistency_of_generator, write_sample_grid
 
     tc, lc = cfg.train, cfg.loss
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before the process group starts
+    batch = tc.batch_size // world  # per process, in batch // micro micro-batches
     if tc.batch_size % world:
         raise ConfigError(
             f"train.batch_size={tc.batch_size} is the global batch and must split evenly over the {world} "
-            f"processes: use a multiple of {world} (e.g. --set train.batch_size={world * max(1, tc.batch_size // world)})."
+            f"processes: use a multiple of {world} (e.g. --set train.batch_size={world * max(1, batch)})."
         )
-    micro = tc.batch_per_gpu or tc.batch_size // world
-    if micro < 1 or (tc.batch_size // world) % micro:
+    micro = tc.batch_per_gpu or batch
+    if micro < 1 or batch % micro:
         raise ConfigError(
-            f"train.batch_per_gpu={tc.batch_per_gpu} must divide the batch of each process, {tc.batch_size // world} "
+            f"train.batch_per_gpu={tc.batch_per_gpu} must divide the batch of each process, {batch} "
             f"(train.batch_size={tc.batch_size} over {world} processes); 0 takes it whole."
         )
     dinfo, device = setup_distributed(cfg.train.device)
-    batch = tc.batch_size // dinfo.world  # per process, in batch // micro micro-batches
     if micro < batch and dinfo.main:
         log.info("gradients accumulated over %d micro-batches of %d per process (global batch %d)",
                  batch // micro, micro, tc.batch_size)

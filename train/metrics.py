@@ -88,6 +88,12 @@ def label_consistency(images: Any, labels: Any, scenes: SyntheticScenes) -> floa
 
     ``images``: uint8 [N, H, W, 3] (or one [H, W, 3]); a float [N, 3, H, W] generator output in [-1, 1] is
     converted with :func:`to_uint8_nhwc`. ``labels``: int [N, H, W] (or [H, W]), numpy or torch."""
+    return miou_of_confusion(label_consistency_confusion(images, labels, scenes))
+
+
+def label_consistency_confusion(images: Any, labels: Any, scenes: SyntheticScenes) -> np.ndarray:
+    """The confusion matrix behind :func:`label_consistency` (same arguments): summed over the chunks of a large
+    set, :func:`miou_of_confusion` of the sum is the label consistency of the whole set."""
     images = _numpy(images)
     if images.dtype != np.uint8:
         images = to_uint8_nhwc(images)
@@ -95,4 +101,4 @@ def label_consistency(images: Any, labels: Any, scenes: SyntheticScenes) -> floa
     pred = scenes.classify(images)
     if pred.shape != labels.shape:
         raise ValueError(f"images give label maps of shape {pred.shape}, labels have shape {labels.shape}.")
-    return miou(pred, labels, scenes.num_classes)
+    return confusion_matrix(pred, labels, scenes.num_classes)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from runtimes import imaging, load_predictor
-from runtimes.errors import BackendUnavailable, InputError, RuntimeErrorBase
+from runtimes.errors import BackendUnavailable, RuntimeErrorBase
+from runtimes.predictor import check_class_ids
 from runtimes.spec import Manifest, read_manifest
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_TENSORRT = 0, 1, 2
@@ -56,13 +57,8 @@ def read_label_maps(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
         ids = imaging.colors_to_ids(array, palette, manifest.ignore_id) if is_rgb else array
         if tuple(ids.shape) != tuple(manifest.input_size):
             ids = imaging.resize_nearest(ids, tuple(manifest.input_size))
-        bad = (ids < 0) | (ids >= manifest.num_classes)
-        if manifest.ignore_id is not None:
-            bad &= ids != manifest.ignore_id
-        if bad.any():  # checked here, before minutes of engine building on the device
-            raise InputError(f"{path} holds class id {int(ids[bad][0])} ({int(bad.sum())} pixels); the artifact knows "
-                             f"ids 0..{manifest.num_classes - 1}" + (f" and the ignore id {manifest.ignore_id}."
-                                                                       if manifest.ignore_id is not None else "."))
+        # checked here, before minutes of engine building on the device
+        check_class_ids(ids, manifest.num_classes, manifest.ignore_id, what=str(path))
         maps[path.stem] = ids.astype(np.int32)
     return maps
 
