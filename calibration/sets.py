@@ -8,7 +8,7 @@ Every quantizer (ONNX Runtime, NNCF, ModelOpt, TensorRT, coremltools) and every 
 - a folder of label-map PNGs (palette/grey ids, or RGB class colours mapped through the model's palette) or
   ``.npy`` arrays, resized with nearest-neighbour to the artifact's size;
 - ``blocks``: random rectangles of every class (quality checks of models with no calibration data given);
-- a dataset preset or YAML config (``ade20k-256``, ``configs/cityscapes-256x512.yaml``): its validation labels.
+- a dataset preset or YAML config (``ade20k-256``, ``my-config.yaml``): its validation labels.
 
 Only numpy and (for PNG folders) pillow are needed, except for dataset configs, which read through ``train.data``.
 """

@@ -17,7 +17,7 @@ echo "[demo] 1/3 training the synthetic-tiny preset (5 to 15 minutes on 2 CPU co
 if [ -f "$RUN/checkpoints/last" ]; then
   "$PY" -m train --resume "$RUN" "$@"
 else
-  "$PY" -m train --config configs/synthetic-tiny.yaml --out "$RUN" "$@"
+  "$PY" -m train --config synthetic-tiny --out "$RUN" "$@"
 fi
 
 echo "[demo] 2/3 exporting the generator to OpenVINO INT8 (calibrated on synthetic label maps)"

@@ -1,8 +1,8 @@
 """``python -m train``: train DP-SIMS from a preset or YAML config.
 
-    python -m train --config configs/synthetic-tiny.yaml [--out RUN_DIR] [--set key=value ...]
+    python -m train --config synthetic-tiny [--out RUN_DIR] [--set key=value ...]
     python -m train --resume RUN_DIR [--set train.steps=...]
-    torchrun --nproc_per_node 8 -m train --config configs/ade20k-256.yaml --set data.root=/data/ade
+    torchrun --nproc_per_node 8 -m train --config ade20k-256 --set data.root=/data/ade
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.config:
             from train.errors import ConfigError
 
-            raise ConfigError("Give --config PRESET_OR_YAML (e.g. --config configs/synthetic-tiny.yaml) or --resume RUN_DIR.")
+            raise ConfigError("Give --config PRESET_OR_YAML (e.g. --config synthetic-tiny) or --resume RUN_DIR.")
         cfg = load_config(args.config, overrides)
         run_dir = args.out or Path("runs") / cfg.name
         if run_dir.exists() and not run_dir.is_dir():

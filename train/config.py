@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from train.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: presets ship in the wheel
 
 
 @dataclass
