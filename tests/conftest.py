@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from train.data.synthetic import SyntheticScenes
+
+ROOT = Path(__file__).resolve().parent.parent
+# Folders the README's commands write in the checkout (scripts/demo.sh: runs/, artifacts/, outputs/). Tests never
+# read or write them: each test runs in its own empty working folder, and a test that adds an entry to one of them
+# fails. Subprocesses started from that folder find the checkout's packages through PYTHONPATH.
+CHECKOUT_OUTPUTS = ("runs", "artifacts", "outputs")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def _checkout_outputs() -> set[str]:
+    return {f"{top}/{entry.name}" if entry else top
+            for top in CHECKOUT_OUTPUTS if (ROOT / top).is_dir()
+            for entry in [None, *(ROOT / top).iterdir()]}
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Run every test in a fresh empty working folder; fail it if it added to the checkout's runs/, artifacts/ or
+    outputs/ (a relative default path such as ``python -m train``'s runs/NAME would otherwise land there)."""
+    before = _checkout_outputs()
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    added = _checkout_outputs() - before
+    assert not added, f"the test wrote into the checkout: {sorted(added)}; write under tmp_path instead"
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def test_cli_bad_key_exit_code_2_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run(
         [sys.executable, "-m", "train", "--config", "synthetic-tiny", "--out", str(out), "--set", "train.nope=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 2
     assert "Unknown key" in r.stderr and "Traceback" not in r.stderr
@@ -80,7 +80,7 @@ def test_cli_bad_dataset_folder_exit_2_and_writes_nothing(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "train", "--config", "ade20k-256", "--out", str(out), "--set", f"data.root={tmp_path / 'ade'}",
          "--set", "model.discriminator.pretrained=false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 2, r.stderr
     assert "ADEChallengeData2016" in r.stderr and "Traceback" not in r.stderr
@@ -92,8 +92,21 @@ def test_cli_set_takes_several_overrides_per_flag(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "train", "--config", "synthetic-tiny", "--print-config",
          "--set", "train.steps=7", "model.generator.stem_kernel=1", "--set", "train.batch_size=6"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(r.stdout)
     assert (cfg["train"]["steps"], cfg["model"]["generator"]["stem_kernel"], cfg["train"]["batch_size"]) == (7, 1, 6)
+
+
+def test_print_config_works_where_the_run_folder_already_holds_a_run(tmp_path):
+    """--print-config only prints: the demo's runs/synthetic-tiny (a finished run) does not make it refuse, while a
+    training start there still does."""
+    (tmp_path / "runs" / "synthetic-tiny" / "checkpoints" / "step_0000001").mkdir(parents=True)
+    (tmp_path / "runs" / "synthetic-tiny" / "checkpoints" / "last").write_text("step_0000001\n")
+    args = [sys.executable, "-m", "train", "--config", "synthetic-tiny", "--set", "train.steps=3"]
+    r = subprocess.run([*args, "--print-config"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["train"]["steps"] == 3
+    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "already holds a training run" in r.stderr, r.stderr

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             from train.errors import ConfigError
 
             raise ConfigError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing).")
-        if (run_dir / "checkpoints" / "last").exists():
+        if (run_dir / "checkpoints" / "last").exists() and not args.print_config:
             from train.errors import ConfigError
 
             raise ConfigError(
