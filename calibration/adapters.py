@@ -3,7 +3,6 @@
 - :func:`nncf_dataset`: ``nncf.Dataset`` of input dicts (OpenVINO models, ``nncf.quantize``);
 - :func:`ort_reader`: an ONNX Runtime ``CalibrationDataReader`` (``quantize_static``);
 - :func:`modelopt_arrays`: the ``calibration_data`` dict NVIDIA ModelOpt's ONNX PTQ takes;
-- TensorRT's implicit INT8 calibrator (TensorRT <= 10): :func:`calibration.tensorrt.make_entropy_calibrator`;
 - coremltools ``sample_data`` and W8A8 calibration in torch: :mod:`calibration.coreml`.
 """
 

@@ -6,7 +6,8 @@
 - fp16: float16 weights and compute with float32 inputs/outputs; normalisations, softmax and the label one-hot
   stay float32 (``onnxruntime.transformers.float16``).
 - int8: ONNX Runtime's static quantizer in QDQ form: int8 symmetric per-channel weights, int8 symmetric activations
-  (``qdq_for="tensorrt"``, the form TensorRT reads; the default) or uint8 asymmetric activations
+  (``qdq_for="tensorrt"``, the form TensorRT reads; the default; Q/DQ on the inputs and weights of Conv/MatMul/Gemm,
+  not on their outputs: :data:`TENSORRT_QDQ_OPTIONS`) or uint8 asymmetric activations
   (``qdq_for="cpu"``, faster in ONNX Runtime on CPUs), Conv/MatMul/Gemm only; NVIDIA ModelOpt's ONNX PTQ makes
   the TensorRT form instead where it is installed (``-o quantizer=auto|modelopt|onnxruntime``). Calibrated on the calibration set
   and accuracy-gated (:mod:`export.gate`): below ``min_psnr`` more layers stay float and it tries again.
@@ -14,8 +15,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,21 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FP16_KEEP = ["BatchNormalization", "InstanceNormalization", "LayerNormalization", "Softmax", "Equal", "Erf",
              "ReduceMean", "Pow", "Sqrt"]
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+#: ONNX Runtime's quantize_static options for the TensorRT form, after TensorRT's Q/DQ placement guidance and
+#: ModelOpt's ONNX settings (modelopt.onnx.quantization.ort_utils.configure_ort): Q/DQ on the inputs and weights of
+#: the weighted ops only, never on their outputs (TensorRT fuses a Conv with what follows it and quantizes the
+#: next weighted op's input itself); weights as float + a Q/DQ pair; per-channel on the output channels.
+TENSORRT_QDQ_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "QuantizeBias": False,
+    "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
+    "AddQDQPairToWeight": True,
+    "DedicatedQDQPair": False,
+    "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "MatMul": 1},
+}
+#: the CPU form: uint8 asymmetric activations, int32 biases, outputs quantized (ONNX Runtime fuses QLinearConv)
+CPU_QDQ_OPTIONS = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}
 
 
 def export(req: ExportRequest) -> ExportResult:
@@ -161,13 +180,36 @@ def quantize_qdq(src: Path, dst: Path, data: CalibrationSet, exclude: list[str],
     if method not in methods:
         raise ValueError(f"calibrate_method must be one of {', '.join(methods)}, got {method!r}.")
     symmetric = activations == "int8"
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "consider pre-processing" hint
-    q.quantize_static(
-        str(src), str(dst), ort_reader(data, batch_size=1), quant_format=q.QuantFormat.QDQ, per_channel=True,
-        activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-        op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude, calibrate_method=methods[method],
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
-    )
+    with quiet_quantizer_log():  # its "consider pre-processing" hint, logged on the root logger
+        q.quantize_static(
+            str(src), str(dst), ort_reader(data, batch_size=1), quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude, calibrate_method=methods[method],
+            extra_options=dict(TENSORRT_QDQ_OPTIONS if symmetric else CPU_QDQ_OPTIONS),
+        )
+
+
+@contextlib.contextmanager
+def quiet_quantizer_log() -> Iterator[None]:
+    """Drop the warnings ONNX Runtime's quantizer logs through the root logger (``logging.warning``) while the block
+    runs, and nothing else: the root logger's level, handlers and other records are left as they are. A NullHandler
+    is added for the block when the root has none, so that ``logging.warning`` does not call basicConfig."""
+    root = logging.getLogger()
+    marker = f"onnxruntime{os.sep}quantization"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return marker not in record.pathname
+
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
 
 
 def choose_quantizer(name: str, activations: str) -> str:

@@ -22,16 +22,31 @@ from runtimes.errors import BackendUnavailable, ManifestError
 from runtimes.spec import file_entry, read_manifest, write_manifest
 from runtimes.trt_engine import (
     ENGINE_NAME,
-    TIMING_CACHE_NAME,
     EngineBuildError,
     build_engine,
     detect_onnx_precision,
     import_tensorrt,
+    timing_cache_name,
 )
 
 ONNX_NAME = "model.onnx"
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
+MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
 PRECISIONS = ("fp32", "fp16", "int8")
+#: the weight input and its output-channel axis, per weighted op (TensorRT quantizes weights per output channel)
+WEIGHT_AXIS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, 1)}
+
+
+def check_dla_batch(dla: Any, batch: tuple[int, int, int]) -> None:
+    """DLA runs static shapes: an artifact for DLA has one batch size (min = max)."""
+    from train.errors import ConfigError  # torch-free
+
+    if dla is not None and batch[0] != batch[2]:
+        opt = batch[1]
+        raise ConfigError(
+            f"--dla needs one batch size (DLA runs static shapes; with a dynamic batch {','.join(map(str, batch))} "
+            f"the layers fall back to the GPU): give --batch {opt},{opt},{opt}."
+        )
 
 
 def export(req: ExportRequest) -> ExportResult:
@@ -42,15 +57,17 @@ def export(req: ExportRequest) -> ExportResult:
     if req.precision not in PRECISIONS:
         raise EngineBuildError(f"The tensorrt target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
     options = dict(req.options)
+    check_dla_batch(options.get("dla"), req.batch)
     opset = int(options.setdefault("opset", DEFAULT_OPSET))
     options.setdefault("qdq_for", "tensorrt")  # symmetric int8 activations and weights: the Q/DQ TensorRT reads
     result = onnx_target.export(replace(req, options=options))
     onnx_path = req.out_dir / ONNX_NAME
     onnx_precision = detect_onnx_precision(onnx_path)
+    notes = list(result.notes)
     if onnx_precision == "int8":
-        check_qdq_for_tensorrt(onnx_path)
+        notes += check_qdq_for_tensorrt(onnx_path)
     plan = build_plan(req.precision, onnx_precision, req.batch, opset, options)
-    notes = list(result.notes) + build_here(req.out_dir, plan, req.input_size, req.noise_shape)
+    notes += build_here(req.out_dir, plan, req.input_size, req.noise_shape)
     return ExportResult(
         files=result.files,
         quality=result.quality,
@@ -85,7 +102,7 @@ def build_here(out_dir: Path, plan: dict[str, Any], input_size, noise_shape) -> 
     )
     try:
         trt = import_tensorrt()
-        from runtimes.backends.tensorrt import open_cuda
+        from runtimes.cuda import open_cuda
 
         cuda = open_cuda()
     except BackendUnavailable as e:
@@ -102,7 +119,7 @@ def build_here(out_dir: Path, plan: dict[str, Any], input_size, noise_shape) -> 
                 noise_shape=tuple(noise_shape),
                 workspace_gb=plan["workspace_gb"],
                 dla_core=plan["dla_core"],
-                timing_cache=out_dir / TIMING_CACHE_NAME,
+                timing_cache=out_dir / timing_cache_name(trt.__version__),
                 onnx_precision=plan["onnx_precision"],
                 gpu=gpu,
                 trt=trt,
@@ -115,17 +132,43 @@ def build_here(out_dir: Path, plan: dict[str, Any], input_size, noise_shape) -> 
     ]
 
 
-def check_qdq_for_tensorrt(onnx_path: Path) -> None:
-    """TensorRT reads symmetric signed int8 Q/DQ only: every zero point 0 and int8, and DequantizeLinear only of int8
-    tensors (an int32 bias Q/DQ, as ONNX Runtime writes by default, does not parse). Refuse anything else with the
-    reason; zero points or quantized tensors computed in the graph (not initializers) are not checked."""
+def check_qdq_for_tensorrt(onnx_path: Path) -> list[str]:
+    """Refuse (EngineBuildError, with the reason) a Q/DQ ONNX TensorRT would not build as int8:
+
+    - an opset below 13 (no per-channel axis);
+    - a zero point that is not int8 0, or a QuantizeLinear without one (it then quantizes to uint8);
+    - DequantizeLinear of a non-int8 constant (an int32 bias Q/DQ, as ONNX Runtime writes by default);
+    - a per-channel weight scale on another axis than the output channels (Conv 0, ConvTranspose 1, MatMul 1;
+      ONNX's default axis is 1, wrong for Conv weights);
+    - a per-channel scale on an activation (TensorRT quantizes activations per tensor).
+
+    Returns notes (an opset above 17 cannot be parsed by TensorRT 8.6 / JetPack 6.0). Zero points or scales
+    computed in the graph (not initializers) are not checked."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    constants = {t.name: t for t in model.graph.initializer}
+    graph = model.graph
+    constants = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
     fix = "Quantize with int8 activations, symmetric, and float biases (export.onnx.quantize_qdq for TensorRT)."
-    for node in model.graph.node:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_QDQ_OPSET:
+        raise EngineBuildError(f"{onnx_path}: opset {opset}; per-channel Q/DQ needs opset {MIN_QDQ_OPSET} or newer "
+                               f"(export with --opset {DEFAULT_OPSET}).")
+    notes = []
+    if opset > DEFAULT_OPSET:
+        notes.append(f"The ONNX is opset {opset}: TensorRT 8.6 (JetPack 6.0) parses opsets up to {DEFAULT_OPSET}, "
+                     "TensorRT 10 and newer read it.")
+
+    def scale_size(node: Any) -> int:
+        scale = constants.get(node.input[1])
+        return 1 if scale is None else int(numpy_helper.to_array(scale).size)
+
+    def axis(node: Any) -> int:
+        return next((a.i for a in node.attribute if a.name == "axis"), 1)  # ONNX's default axis is 1
+
+    for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
         quantized = constants.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
@@ -135,7 +178,14 @@ def check_qdq_for_tensorrt(onnx_path: Path) -> None:
                 f"{onnx_path}: DequantizeLinear {node.name!r} dequantizes {kind} values ({node.input[0]}); TensorRT's "
                 f"DequantizeLinear reads int8 only (int32 is a quantized bias: keep biases float). {fix}"
             )
-        zero = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) < 3 or not node.input[2]:
+            if node.op_type == "QuantizeLinear":
+                raise EngineBuildError(
+                    f"{onnx_path}: QuantizeLinear {node.name!r} has no zero point, so it quantizes to uint8; TensorRT "
+                    f"needs int8 (an int8 zero point of 0). {fix}"
+                )
+            continue
+        zero = constants.get(node.input[2])
         if zero is None:
             continue
         values = numpy_helper.to_array(zero)
@@ -144,6 +194,30 @@ def check_qdq_for_tensorrt(onnx_path: Path) -> None:
                 f"{onnx_path}: {node.op_type} {node.name!r} has a {values.dtype} zero point {values.ravel()[:4].tolist()}; "
                 f"TensorRT needs symmetric signed int8 quantization (zero point 0) for activations and weights. {fix}"
             )
+
+    for node in graph.node:  # per-channel scales: weights on the output-channel axis, activations per tensor
+        if node.op_type not in WEIGHT_AXIS and node.op_type != "Gemm":
+            continue
+        for index, name in enumerate(node.input[:2]):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or scale_size(dq) == 1:
+                continue
+            if node.op_type == "Gemm":
+                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+                weight_index, channel_axis = 1, 0 if trans_b else 1
+            else:
+                weight_index, channel_axis = WEIGHT_AXIS[node.op_type]
+            if index != weight_index:
+                raise EngineBuildError(
+                    f"{onnx_path}: {node.op_type} {node.name!r} reads an activation with per-channel scales "
+                    f"({dq.name!r}); TensorRT quantizes activations per tensor (one scale). {fix}"
+                )
+            if axis(dq) != channel_axis:
+                raise EngineBuildError(
+                    f"{onnx_path}: the weight of {node.op_type} {node.name!r} is quantized per channel on axis "
+                    f"{axis(dq)} ({dq.name!r}); TensorRT needs the output-channel axis {channel_axis}. {fix}"
+                )
+    return notes
 
 
 def export_from_onnx(
@@ -189,8 +263,12 @@ def export_from_onnx(
     precision = precision or onnx_precision
     if precision not in PRECISIONS:
         raise EngineBuildError(f"The tensorrt target builds {', '.join(PRECISIONS)}, not {precision!r}.")
+    dla = dla if dla is not None else source.target_options.get("dla_core")
+    if not batch and dla is not None:  # DLA runs one batch size: the source's opt unless --batch says otherwise
+        batch = (source.batch["opt"],) * 3
     batch = tuple(batch) if batch else (source.batch["min"], source.batch["opt"], source.batch["max"])
-    opts = {"dla": dla if dla is not None else source.target_options.get("dla_core"), "workspace_gb": workspace_gb}
+    check_dla_batch(dla, batch)
+    opts = {"dla": dla, "workspace_gb": workspace_gb}
     plan = build_plan(precision, onnx_precision, batch, source.target_options.get("opset"), opts)
     plan["onnx"] = onnx_path.name
 

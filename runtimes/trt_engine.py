@@ -6,10 +6,19 @@ Only numpy is imported here; ``tensorrt`` is imported when an engine is built or
 
 How the network is built depends on the TensorRT major version (see :func:`plan_network`):
 
-- 8.x: explicit-batch network, precision through builder flags (FP16; INT8 for Q/DQ or with a calibrator);
+- 8.6: explicit-batch network, precision through builder flags (FP16; INT8 for the Q/DQ ONNX);
 - 10.x: a strongly typed network when the ONNX carries the requested precision (FP16 casts, INT8 Q/DQ), builder
-  flags when an FP32 ONNX is to be built at reduced precision (the weakly typed path, deprecated in 10.x);
-- 11.x: strongly typed only: no FP16/INT8 flags, no calibrators; the precision must be in the ONNX.
+  flags when an FP32 ONNX is to be built at FP16 (the weakly typed path, deprecated in 10.12);
+- 11.x: strongly typed only: no FP16/INT8 flags; the precision must be in the ONNX.
+
+INT8 is always explicit (the Q/DQ ONNX that ``python -m export`` calibrates and quality-checks): implicit INT8 with
+a calibrator is deprecated in 10.x and removed in 11, and no dp-sims path needs it.
+
+DLA (Jetson AGX Orin, Orin NX): TensorRT 8.6 to 10.7 document it for FP16/INT8 builder-flag builds ("DLA support
+is currently limited to networks running in FP16 and INT8 mode", trtexec ``--useDLACore=0 --fp16
+--allowGPUFallback``), so DLA engines are built weakly typed there; 10.8 to 11.4.0 have no DLA on Jetson; 11.4.1
+brings it back on AGX Orin with JetPack 7.2.2+ for strongly typed networks (TensorRT docs, "Working with DLA" and
+"Strongly Typed Networks for DLA", 11.3/11.4.1). DLA needs static shapes: a DLA engine is built for one batch size.
 
 An engine only runs on the GPU model and TensorRT version that built it, so a cached engine comes with a sidecar
 JSON (``model.engine.json``: TensorRT version, GPU name and compute capability, ONNX sha256, build options and a
@@ -22,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import weakref
@@ -30,16 +40,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
+from runtimes.cuda import GpuInfo
 from runtimes.errors import BackendUnavailable, ManifestError, RuntimeErrorBase
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest, sha256_file
+
+__all__ = ["GpuInfo", "EngineBuildError", "BuildOptions", "build_engine", "load_or_build", "plan_network"]
 
 log = logging.getLogger("dp_sims.tensorrt")
 
 ENGINE_NAME = "model.engine"
 SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
-TIMING_CACHE_NAME = "model.timing.cache"
 SIDECAR_FORMAT = "dp-sims-tensorrt-engine/1"
-MIN_VERSION = (8, 5)  # name-based I/O (set_input_shape, set_tensor_address, execute_async_v3)
+MIN_VERSION = (8, 6)  # JetPack 6.0; name-based I/O (set_input_shape, set_tensor_address, execute_async_v3)
 INSTALL_HINT = (
     "Install it with: pip install 'dp-sims[tensorrt]'. On a Jetson use JetPack's TensorRT instead "
     "(sudo apt install python3-libnvinfer; create the venv with --system-site-packages)."
@@ -67,9 +81,34 @@ def import_tensorrt() -> ModuleType:
     return trt
 
 
-def trt_version(trt: ModuleType) -> tuple[int, int]:
-    major, minor, *_ = (trt.__version__.split(".") + ["0"])[:2]
-    return int(major), int(minor)
+def trt_version(trt: ModuleType) -> tuple[int, int, int]:
+    """(major, minor, patch) of ``trt.__version__`` ("10.3.0.30" -> (10, 3, 0))."""
+    parts = [int(p) if p.isdigit() else 0 for p in (trt.__version__.split(".") + ["0", "0"])[:3]]
+    return parts[0], parts[1], parts[2]
+
+
+def timing_cache_name(tensorrt_version: str) -> str:
+    """``model.timing.<version>.cache``: one per TensorRT version, so a JetPack upgrade never reads another
+    version's cache (TensorRT refuses it: "Magic tag does not match")."""
+    return f"model.timing.{tensorrt_version}.cache"
+
+
+def dla_available(version: tuple[int, ...]) -> bool:
+    """TensorRT versions with DLA on Jetson: up to 10.7, and again from 11.4.1 (AGX Orin, JetPack 7.2.2+)."""
+    version = tuple(version) + (0,) * (3 - len(version))
+    return version < (10, 8, 0) or version >= (11, 4, 1)
+
+
+#: TensorRT DataType name -> numpy dtype (instead of trt.nptype, which uses np.bool on TensorRT 8.5)
+NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+def numpy_dtype(dtype: Any) -> np.dtype:
+    name = getattr(dtype, "name", str(dtype)).split(".")[-1]
+    if name not in NUMPY_DTYPES:
+        raise ManifestError(f"The engine has a {name} tensor; the graph contract's tensors are int32 and float.")
+    return np.dtype(NUMPY_DTYPES[name])
 
 
 _LOGGERS: weakref.WeakKeyDictionary[ModuleType, Any] = weakref.WeakKeyDictionary()
@@ -80,14 +119,6 @@ def trt_logger(trt: ModuleType) -> Any:
     if trt not in _LOGGERS:
         _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
     return _LOGGERS[trt]
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """The identity of the GPU an engine is built for (engines are tied to it)."""
-
-    name: str
-    compute_capability: str  # "8.7"
 
 
 # ------------------------------------------------------------------------------------------ what to build
@@ -114,6 +145,11 @@ class BuildOptions:
             raise EngineBuildError(f"batch must be (min, opt, max) with 1 <= min <= opt <= max, got {self.batch}.")
         if self.dla_core is not None and self.dla_core < 0:
             raise EngineBuildError(f"dla_core must be a DLA core index >= 0, got {self.dla_core}.")
+        if self.dla_core is not None and lo != hi:
+            raise EngineBuildError(
+                f"DLA runs static shapes only (a dynamic batch {self.batch} falls back to the GPU): export for DLA "
+                f"with one batch size, e.g. --batch {opt},{opt},{opt}."
+            )
         if self.workspace_gb <= 0:
             raise EngineBuildError(f"workspace_gb must be positive, got {self.workspace_gb}.")
 
@@ -132,55 +168,63 @@ class NetworkPlan:
     """Tensor types come from the ONNX; on 10.x through the STRONGLY_TYPED flag, always on in 11."""
     builder_flags: tuple[str, ...] = ()
     """BuilderFlag names to set (FP16, INT8, GPU_FALLBACK)."""
-    needs_calibrator: bool = False
-    """Implicit INT8 (an FP32 ONNX built at INT8): TensorRT <= 10 only, with an IInt8 calibrator."""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def plan_network(trt_major: int, precision: str, onnx_precision: str, dla: bool = False) -> NetworkPlan:
-    """Decide flags and typing from the TensorRT major version and what the ONNX carries (pure; no TensorRT)."""
+def _as_version(version: int | tuple[int, ...]) -> tuple[int, int, int]:
+    v = (version,) if isinstance(version, int) else tuple(version)
+    return (tuple(v) + (0, 0, 0))[:3]  # type: ignore[return-value]
+
+
+def plan_network(version: int | tuple[int, ...], precision: str, onnx_precision: str, dla: bool = False) -> NetworkPlan:
+    """Decide flags and typing from the TensorRT version (a major or (major, minor, patch)) and what the ONNX
+    carries (pure; no TensorRT)."""
+    version = _as_version(version)
+    major = version[0]
     if onnx_precision != "fp32" and onnx_precision != precision:
         raise EngineBuildError(
             f"The ONNX is already {onnx_precision} and cannot be built as {precision}: build it as {onnx_precision}, "
             f"or give the FP32 ONNX (python -m export --target tensorrt --precision {precision})."
         )
+    if precision == "int8" and onnx_precision != "int8":
+        raise EngineBuildError(
+            "INT8 engines are built from the Q/DQ ONNX (explicit quantization, calibrated and quality-checked): make "
+            "it with python -m export --target tensorrt --precision int8. Implicit INT8 from an FP32 ONNX with a "
+            "calibrator is deprecated in TensorRT 10 and removed in 11."
+        )
     if dla and precision == "fp32":
         raise EngineBuildError("DLA runs FP16 and INT8 layers only: build with --precision fp16 or int8 for DLA.")
+    if dla and not dla_available(version):
+        raise EngineBuildError(
+            f"TensorRT {'.'.join(map(str, version))} has no DLA on Jetson: 10.7 was the last 10.x with DLA and 11.4.1 "
+            "brings it back on AGX Orin with JetPack 7.2.2 or newer. Build for the GPU (no --dla), or use a "
+            "TensorRT that has DLA (JetPack 6.0: 8.6, JetPack 6.1/6.2: 10.3)."
+        )
     fallback = ("GPU_FALLBACK",) if dla else ()
-    reduced = precision != onnx_precision  # an FP32 ONNX to be built at fp16/int8: only builder flags can do it
-    if trt_major >= 11:
+    reduced = precision != onnx_precision  # an FP32 ONNX to be built at fp16: only builder flags can do it
+    if major >= 11:
         if reduced:
-            how = (
-                "python -m export --target tensorrt --precision fp16 (ONNX casts), or ModelOpt AutoCast"
-                if precision == "fp16"
-                else "python -m export --target tensorrt --precision int8 (explicit Q/DQ, calibrated and quality-checked)"
-            )
             raise EngineBuildError(
-                f"TensorRT {trt_major} builds strongly typed networks only (no FP16/INT8 builder flags, no calibrators): "
-                f"the ONNX must carry the {precision} precision itself. Make that ONNX with {how}."
+                f"TensorRT {major} builds strongly typed networks only (no FP16/INT8 builder flags): the ONNX must "
+                f"carry the {precision} precision itself. Make that ONNX with python -m export --target tensorrt "
+                "--precision fp16 (ONNX casts), or ModelOpt AutoCast."
             )
         return NetworkPlan(explicit_batch=False, strongly_typed=True, builder_flags=fallback)
-    explicit_batch = trt_major < 10
+    explicit_batch = major < 10
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision]
+    if dla:
+        # DLA on 8.6..10.7: FP16/INT8 builder-flag builds. FP16 with INT8 lets the layers the Q/DQ ONNX keeps in
+        # float run on DLA in FP16 instead of falling back to the GPU.
+        flags = ("INT8", "FP16") if precision == "int8" else ("FP16",)
+        note = "DLA engine: weakly typed with the FP16/INT8 builder flags, GPU fallback for layers DLA cannot run."
+        return NetworkPlan(explicit_batch=explicit_batch, strongly_typed=False, builder_flags=flags + fallback,
+                           notes=(note,))
     if not reduced:
-        if trt_major >= 10:
-            return NetworkPlan(explicit_batch=False, strongly_typed=True, builder_flags=fallback)
-        # 8.x: weakly typed; reduced-precision ONNX types still need the flag that allows those kernels
-        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision]
-        return NetworkPlan(explicit_batch=explicit_batch, strongly_typed=False, builder_flags=flags + fallback)
-    flags = ("FP16",) if precision == "fp16" else ("INT8",)
-    notes = ()
-    if precision == "int8":
-        notes = (
-            "Implicit INT8 with a calibrator (deprecated since TensorRT 10.1, removed in 11); the explicit Q/DQ "
-            "ONNX from `python -m export --target tensorrt --precision int8` is the quality-checked path.",
-        )
-    return NetworkPlan(
-        explicit_batch=explicit_batch,
-        strongly_typed=False,
-        builder_flags=flags + fallback,
-        needs_calibrator=precision == "int8",
-        notes=notes,
-    )
+        if major >= 10:
+            return NetworkPlan(explicit_batch=False, strongly_typed=True)
+        # 8.6: weakly typed; reduced-precision ONNX types still need the flag that allows those kernels
+        return NetworkPlan(explicit_batch=explicit_batch, strongly_typed=False, builder_flags=flags)
+    return NetworkPlan(explicit_batch=explicit_batch, strongly_typed=False, builder_flags=flags)
 
 
 def detect_onnx_precision(onnx_path: str | Path) -> str:
@@ -221,17 +265,18 @@ def build_engine(
     dla_core: int | None = None,
     timing_cache: str | Path | None = None,
     onnx_precision: str | None = None,
-    calibrator: Any = None,
     gpu: GpuInfo | None = None,
     trt: ModuleType | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Build ``engine_path`` (TensorRT's plan) and its sidecar ``engine_path + '.json'`` from ``onnx_path``.
 
     ``batch`` is the (min, opt, max) optimisation profile of the batch dimension of ``label`` and ``noise``.
     ``timing_cache``: a file read before the build (when it exists and fits this GPU) and written after it, so
-    that rebuilds (another batch profile, precision...) skip most kernel timing. ``calibrator``: an IInt8
-    calibrator (:func:`calibration.tensorrt.make_entropy_calibrator`) for implicit INT8 from an FP32 ONNX on
-    TensorRT <= 10. ``gpu`` is recorded in the sidecar. Returns the sidecar's content.
+    that rebuilds (another batch profile, precision...) skip most kernel timing; name it per TensorRT version
+    (:func:`timing_cache_name`). A cache TensorRT cannot use is replaced by a fresh one. ``gpu`` is recorded in
+    the sidecar. ``progress``: report the build's phases (TensorRT >= 10's IProgressMonitor; a tqdm bar when
+    tqdm is installed, else log lines). Returns the sidecar's content.
     """
     trt = trt or import_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -244,28 +289,31 @@ def build_engine(
         workspace_gb=workspace_gb,
         dla_core=dla_core,
     )
-    major, _ = trt_version(trt)
-    plan = plan_network(major, options.precision, options.onnx_precision, dla=dla_core is not None)
-    if plan.needs_calibrator and calibrator is None:
-        raise EngineBuildError(
-            "An INT8 engine from an FP32 ONNX needs calibration data. Use the Q/DQ ONNX made by "
-            "`python -m export --target tensorrt --precision int8` (recommended), or pass a calibrator."
-        )
+    version = trt_version(trt)
+    major = version[0]
+    plan = plan_network(version, options.precision, options.onnx_precision, dla=dla_core is not None)
     for note in plan.notes:
-        log.warning(note)
+        log.info(note)
 
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, major, plan))
     _parse_onnx(trt, network, logger, onnx_path)
-    config = _builder_config(trt, builder, network, options, plan, calibrator)
+    config = _builder_config(trt, builder, network, options, plan)
     cache_file = Path(timing_cache) if timing_cache else None
     if cache_file is not None:
         _use_timing_cache(config, cache_file)
+    monitor = make_progress_monitor(trt) if progress else None
+    if monitor is not None:
+        config.progress_monitor = monitor
 
     log.info("Building a TensorRT %s %s engine from %s (minutes on a Jetson)", trt.__version__, precision, onnx_path)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if monitor is not None:
+            monitor.close()
     seconds = time.perf_counter() - start
     if serialized is None:
         raise EngineBuildError(
@@ -317,22 +365,16 @@ def _parse_onnx(trt: ModuleType, network: Any, logger: Any, onnx_path: Path) -> 
         )
 
 
-def _builder_config(
-    trt: ModuleType, builder: Any, network: Any, options: BuildOptions, plan: NetworkPlan, calibrator: Any
-) -> Any:
-    """Workspace, precision flags, the batch profile, INT8 calibration and DLA."""
+def _builder_config(trt: ModuleType, builder: Any, network: Any, options: BuildOptions, plan: NetworkPlan) -> Any:
+    """Workspace, precision flags, the batch profile and DLA."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     shapes = _input_shapes(network, options)
     config.add_optimization_profile(_profile(builder, shapes, options.batch))
-    if plan.needs_calibrator:
-        n = int(calibrator.get_batch_size())
-        config.int8_calibrator = calibrator
-        config.set_calibration_profile(_profile(builder, shapes, (n, n, n)))  # calibration runs at one fixed batch
     if options.dla_core is not None:
-        _use_dla(trt, builder, config, options.dla_core, options.batch)
+        _use_dla(trt, builder, config, options.dla_core)
     return config
 
 
@@ -365,27 +407,97 @@ def _profile(builder: Any, shapes: dict[str, tuple[int, ...]], batch: tuple[int,
     return profile
 
 
-def _use_dla(trt: ModuleType, builder: Any, config: Any, core: int, batch: tuple[int, int, int]) -> None:
-    available = int(getattr(builder, "num_DLA_cores", 0))
+def check_dla_core(core: int, available: int) -> None:
     if core >= available:
         raise EngineBuildError(
             f"DLA core {core} was asked for, this device has {available} DLA core(s). DLA exists on Jetson AGX Orin "
-            "(2 cores) and Orin NX (1 or 2); build without --dla elsewhere."
+            "(2 cores) and Orin NX (1 or 2); run on the GPU elsewhere (device='cuda', no --dla)."
         )
-    if batch[0] != batch[2]:
-        log.warning("DLA needs static shapes: with a dynamic batch %s most layers fall back to the GPU; "
-                    "export with --batch N,N,N for DLA.", batch)
+
+
+def _use_dla(trt: ModuleType, builder: Any, config: Any, core: int) -> None:
+    check_dla_core(core, int(getattr(builder, "num_DLA_cores", 0)))
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = core
 
 
 def _use_timing_cache(config: Any, path: Path) -> None:
-    """Start from the timings in ``path`` when it was made on this GPU and TensorRT; else from an empty cache."""
+    """Start from the timings in ``path`` when TensorRT can use them here; else from an empty cache.
+
+    Another GPU's cache: ``set_timing_cache(..., ignore_mismatch=False)`` returns False. Another TensorRT
+    version's (or a damaged) file: TensorRT logs "Magic tag does not match" and the cache cannot be created
+    (None or an exception, depending on the version). Either way the build goes on with a fresh cache, which it
+    then writes to ``path``: a timing cache only saves time, it never decides whether an engine can be built."""
     data = path.read_bytes() if path.is_file() else b""
-    if config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False):
-        return
-    log.warning("The timing cache %s was made on another GPU or TensorRT version; starting a fresh one.", path)
-    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+                return
+            why = "made on another GPU" if cache is not None else "unreadable by this TensorRT version"
+        except Exception as e:  # noqa: BLE001 - TensorRT raises its own error types; the cache is optional
+            why = f"unreadable by this TensorRT version ({e})"
+        log.warning("The timing cache %s is %s; starting a fresh one.", path, why)
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        raise EngineBuildError("TensorRT could not create an empty timing cache; its log above says why.")
+
+
+class _ProgressMonitor:
+    """Reports TensorRT's build phases (IProgressMonitor callbacks) as a tqdm bar per phase, or as log lines."""
+
+    def __init__(self, use_tqdm: bool):
+        self._bars: dict[str, Any] = {}
+        self._use_tqdm = use_tqdm
+        self._last_logged: dict[str, float] = {}
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        if self._use_tqdm:
+            from tqdm import tqdm
+
+            depth = len(self._bars)
+            self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth, leave=depth == 0)
+        else:
+            log.info("TensorRT build: %s (%d steps)", phase_name, num_steps)
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        bar = self._bars.get(phase_name)
+        if bar is not None:
+            bar.update(step + 1 - bar.n)  # tqdm redraws at most every mininterval
+        elif time.monotonic() - self._last_logged.get(phase_name, 0.0) > 30:  # a line every 30 s per phase
+            self._last_logged[phase_name] = time.monotonic()
+            log.info("TensorRT build: %s step %d", phase_name, step + 1)
+        return True  # False would cancel the build
+
+    def phase_finish(self, phase_name: str) -> None:
+        bar = self._bars.pop(phase_name, None)
+        if bar is not None:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+
+def make_progress_monitor(trt: ModuleType) -> Any:
+    """An ``IProgressMonitor`` (TensorRT >= 10) that shows the build's progress, or None on older TensorRT."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+    try:
+        import tqdm  # noqa: F401
+
+        use_tqdm = sys.stderr.isatty()  # bars on a terminal; log lines in a log file
+    except ImportError:
+        use_tqdm = False
+
+    class Monitor(_ProgressMonitor, base):
+        def __init__(self) -> None:
+            base.__init__(self)  # TensorRT's pybind base must be initialised explicitly
+            _ProgressMonitor.__init__(self, use_tqdm)
+
+    return Monitor()
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -442,10 +554,19 @@ class LoadedEngine:
     sidecar: dict[str, Any]
 
 
+#: ``dla_core=GPU_ONLY`` overrides an artifact built for DLA to run on the GPU
+GPU_ONLY = -1
+
+
 def build_options(manifest: Manifest, workspace_gb: float | None = None, dla_core: int | None = None) -> BuildOptions:
-    """The build options an artifact's manifest asks for (``target_options`` written by export), with overrides."""
+    """The build options an artifact's manifest asks for (``target_options`` written by export), with overrides:
+    ``dla_core`` None keeps the manifest's, a core index runs there, :data:`GPU_ONLY` runs on the GPU."""
     opts = manifest.target_options
     b = manifest.batch
+    if dla_core is None:
+        dla_core = opts.get("dla_core")
+    elif dla_core == GPU_ONLY:
+        dla_core = None
     return BuildOptions(
         precision=opts.get("precision", manifest.precision),
         onnx_precision=opts.get("onnx_precision", manifest.precision),
@@ -453,7 +574,7 @@ def build_options(manifest: Manifest, workspace_gb: float | None = None, dla_cor
         noise_shape=tuple(manifest.noise_shape),
         batch=(int(b["min"]), int(b["opt"]), int(b["max"])),
         workspace_gb=float(workspace_gb if workspace_gb is not None else opts.get("workspace_gb", 2.0)),
-        dla_core=dla_core if dla_core is not None else opts.get("dla_core"),
+        dla_core=dla_core,
     )
 
 
@@ -479,10 +600,12 @@ def load_or_build(
     """Deserialize the cached engine when its sidecar matches this GPU, TensorRT version, ONNX and options;
     otherwise build it from the artifact's ONNX and cache it (atomically) beside it or in ``cache_dir``.
 
-    ``gpu``: the GPU the engine is for (default: GPU 0, asked through cuda-python or pycuda)."""
+    ``gpu``: the GPU the engine is for (default: GPU 0, asked through cuda-python or pycuda). ``dla_core``: see
+    :func:`build_options`; the runtime is told the core (``Runtime.DLA_core``) before it deserializes, since an
+    engine built for DLA core 1 otherwise runs on core 0."""
     trt = trt or import_tensorrt()
     if gpu is None:
-        from runtimes.backends.tensorrt import open_cuda
+        from runtimes.cuda import open_cuda
 
         cuda = open_cuda()
         gpu = cuda.device_info()
@@ -494,6 +617,9 @@ def load_or_build(
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(artifact_dir, onnx_entry.sha256)
     engine_path = directory / ENGINE_NAME
     runtime = trt.Runtime(trt_logger(trt))
+    if options.dla_core is not None:
+        check_dla_core(options.dla_core, int(getattr(runtime, "num_DLA_cores", 0)))
+        runtime.DLA_core = options.dla_core
 
     reason = "rebuild requested" if rebuild else stale_reason(engine_path, key, gpu, trt.__version__)
     if reason is None:
@@ -513,7 +639,7 @@ def load_or_build(
         noise_shape=options.noise_shape,
         workspace_gb=options.workspace_gb,
         dla_core=options.dla_core,
-        timing_cache=directory / TIMING_CACHE_NAME,
+        timing_cache=directory / timing_cache_name(trt.__version__),
         onnx_precision=options.onnx_precision,
         gpu=gpu,
         trt=trt,
