@@ -34,6 +34,9 @@ def build_tiny(target: str, folder: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from runtimes.cli import add_version
+
+    add_version(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="artifact directory")
     source.add_argument("--build", choices=["onnx", "openvino", "torch"], help="build a tiny test artifact")

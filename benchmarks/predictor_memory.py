@@ -10,7 +10,6 @@ libraries and arenas pile up and a per-backend peak cannot be read there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
@@ -57,8 +56,9 @@ def measure(model: str, batch: int = 1, calls: int = 5, device: str = "cpu") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.predictor_memory", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from runtimes.cli import make_parser
+
+    p = make_parser("benchmarks.predictor_memory", __doc__.split("\n\n")[0], __doc__, logging_options=False)
     p.add_argument("--model", required=True, help="artifact directory")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--calls", type=int, default=5)

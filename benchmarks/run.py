@@ -441,8 +441,9 @@ def _slug(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from runtimes.cli import configure_logging, make_parser
+
+    parser = make_parser("benchmarks.run", __doc__.split("\n\n")[0], __doc__)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="run folder or generator file")
     src.add_argument("--preset", default="synthetic-tiny", help="config preset of a random-weight generator")
@@ -465,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                              "on AVX512-BF16/AMX CPUs; the predictor's CPU default is f32, what the export measured)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     args.artifacts = [a for a in args.artifacts.split(",") if a]
     for spec in args.artifacts:
         target, _, precision = spec.partition(":")

@@ -60,7 +60,9 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description="Export a DP-SIMS generator for deployment.")
+    from runtimes.cli import make_parser
+
+    p = make_parser("export", "Export a DP-SIMS generator for deployment.", __doc__)
     p.add_argument("--checkpoint", help="run folder (its last checkpoint), checkpoint folder or generator .safetensors")
     p.add_argument("--target", required=True, choices=["onnx", "openvino", "tensorrt", "coreml", "torch"])
     p.add_argument("--precision", default=None,
@@ -89,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtimes._optional import missing_module_message
+    from runtimes.cli import configure_logging
     from runtimes.errors import RuntimeErrorBase
     from train.errors import ConfigError, DpSimsError
 
+    configure_logging(args.log_level)
     try:
         if args.from_onnx:
             return _from_onnx(args)
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         report = export_generator(
             args.checkpoint, args.target, args.precision or "fp32", calib=args.calib, calib_samples=args.calib_samples,
             calib_seed=args.calib_seed, size=args.size, batch=args.batch, min_psnr=args.min_psnr, out=args.out,
-            overwrite=args.overwrite, options=options, log=lambda m: print(m, file=sys.stderr),
+            overwrite=args.overwrite, options=options, log=_progress(args.log_level),
         )
     except (DpSimsError, RuntimeErrorBase) as e:
         print(f"python -m export: {e}", file=sys.stderr)
@@ -122,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {note}")
     print(f"artifact: {report.out_dir}  (manifest: {report.out_dir / 'model.json'})")
     return 0
+
+
+def _progress(level: str):
+    """Export's progress lines on stderr, silent with -q / --log-level WARNING and up."""
+    if level in ("DEBUG", "INFO"):
+        return lambda message: print(message, file=sys.stderr)
+    return lambda message: None
 
 
 def _from_onnx(args: argparse.Namespace) -> int:

@@ -8,11 +8,13 @@
 Importing this package needs numpy only; each backend imports its inference library when an artifact opens.
 """
 
+from runtimes._version import __version__
 from runtimes.errors import BackendUnavailable, InputError, ManifestError, PredictorClosed, RuntimeErrorBase
 from runtimes.predictor import Predictor, load_predictor, to_uint8
 from runtimes.spec import ClassInfo, Manifest, read_manifest
 
 __all__ = [
+    "__version__",
     "BackendUnavailable",
     "ClassInfo",
     "InputError",

@@ -22,6 +22,7 @@ import numpy as np
 
 from runtimes import imaging
 from runtimes.backends import BACKENDS, available_libraries
+from runtimes.cli import configure_logging, make_parser
 from runtimes.errors import InputError, RuntimeErrorBase
 from runtimes.predictor import load_predictor
 from runtimes.spec import read_manifest
@@ -45,7 +46,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runtimes", description="Run DP-SIMS generator artifacts.")
+    parser = make_parser("runtimes", "Run DP-SIMS generator artifacts.", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="synthesize images from a label map")
@@ -144,6 +145,7 @@ def _library_line(lib: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return cmd_generate(args) if args.command == "generate" else cmd_info(args)
     except (RuntimeErrorBase, OSError) as e:

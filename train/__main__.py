@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import textwrap
@@ -18,7 +17,9 @@ from train.errors import DpSimsError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train DP-SIMS (semantic image synthesis GAN).")
+    from runtimes.cli import make_parser
+
+    p = make_parser("train", "Train DP-SIMS (semantic image synthesis GAN).", __doc__)
     p.add_argument("--config", help="preset name (e.g. synthetic-tiny) or YAML file")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -37,7 +38,9 @@ def _main_process() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if _main_process() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    from runtimes.cli import configure_logging
+
+    configure_logging(args.log_level if _main_process() else "ERROR")
     try:
         return run(args)
     except DpSimsError as e:

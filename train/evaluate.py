@@ -476,11 +476,14 @@ def _same_evaluation(reports: list[dict[str, Any]]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m train.evaluate",
-        description="FID, KID, mIoU / label consistency and diversity of generators on a validation set. Several "
-                    "--run/--model sources are measured on the same images, features and segmenter and printed side "
-                    "by side; --compare prints saved reports side by side.",
+    from runtimes.cli import make_parser
+
+    p = make_parser(
+        "train.evaluate",
+        "FID, KID, mIoU / label consistency and diversity of generators on a validation set. Several "
+        "--run/--model sources are measured on the same images, features and segmenter and printed side "
+        "by side; --compare prints saved reports side by side.",
+        __doc__, doc_paragraphs=1,
     )
     p.add_argument("--run", type=Path, action="append", default=[],
                    help="run folder, checkpoint folder or generator .safetensors file (EMA generator); repeatable")
@@ -595,6 +598,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from runtimes.cli import configure_logging
+
+    configure_logging(args.log_level)
     try:
         from runtimes.errors import RuntimeErrorBase
     except ImportError:  # pragma: no cover - runtimes ships with this package

@@ -198,7 +198,11 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from runtimes.cli import add_logging_options, add_version, configure_logging
+
     parser = argparse.ArgumentParser(description="Paint label maps in the browser, get DP-SIMS images.")
+    add_version(parser)
+    add_logging_options(parser)
     parser.add_argument("--model", required=True, help="artifact folder (the one holding model.json)")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, GPU, ... (see load_predictor)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be within 1..65535, got {args.port}.")
+    configure_logging(args.log_level)
     import uvicorn
 
     try:  # open the model before serving: a bad artifact or device is one line here, not a server traceback
