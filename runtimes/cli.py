@@ -1,6 +1,6 @@
 """What every command line of dp-sims shares: its name as invoked, ``--version``, the usage examples of its module
-docstring at the end of ``--help``, logging configured from ``-q/--log-level``, and user errors as one paragraph
-with exit code 2. Numpy-free and torch-free: the runtime CLI runs on devices without either.
+docstring at the end of ``--help``, logging configured from ``-q/--log-level``, and user errors as one line
+with exit code 2. Standard library only (no torch): the runtime CLI runs on devices without it.
 """
 
 from __future__ import annotations
@@ -91,22 +91,15 @@ def fail(prog: str, message: str) -> int:
 
 
 def run_cli(prog: str, body: Callable[[], int], errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a command's body; a user error (:class:`runtimes.errors.RuntimeErrorBase`, the package's DpSimsError,
-    or one of ``errors``) or a missing optional library is one paragraph on stderr and exit code 2, not a
-    traceback. Other exceptions (bugs) surface as they are."""
+    """Run a command's body; a user error (:class:`runtimes.errors.RuntimeErrorBase`, or one of ``errors``, e.g.
+    the training package's DpSimsError) or a missing optional library is one line on stderr and exit code 2, not
+    a traceback. Other exceptions (bugs) surface as they are."""
     from runtimes._optional import missing_module_message
     from runtimes.errors import RuntimeErrorBase
 
-    user_errors: tuple[type[BaseException], ...] = (RuntimeErrorBase, *errors)
-    try:
-        from train.errors import DpSimsError  # plain exception classes, no torch
-
-        user_errors += (DpSimsError,)
-    except ImportError:  # pragma: no cover - a runtime-only install without the train package
-        pass
     try:
         return body()
-    except user_errors as e:
+    except (RuntimeErrorBase, *errors) as e:
         return fail(prog, str(e))
     except ImportError as e:
         if (message := missing_module_message(e, prog)) is None:
