@@ -2,9 +2,9 @@
 generator (and, optionally, of a peer generator through the same backends).
 
     python -m benchmarks.run --checkpoint runs/synthetic-tiny                 # a trained generator
-    python -m benchmarks.run --preset ade20k-256 --size 256                  # paper-size generator (random weights)
-    python -m benchmarks.run --preset ade20k-256 --peer benchmarks.peers:oasis_generator
-    python -m benchmarks.run --preset ade20k-256 --device cuda --batches 1,16 --compile --peer benchmarks.peers:oasis_generator
+    python -m benchmarks.run --preset ade20k-256-edge --size 256                  # paper-size generator (random weights)
+    python -m benchmarks.run --preset ade20k-256-edge --peer benchmarks.peers:oasis_generator
+    python -m benchmarks.run --preset ade20k-256-edge --device cuda --batches 1,16 --compile --peer benchmarks.peers:oasis_generator
 
 On CUDA the torch rows are eager FP32, eager FP16 and FP16 replayed from a CUDA graph (plus torch.compile
 "reduce-overhead" with --compile), for ours and for the peer; artifacts whose runtime is missing (a CUDA build of

@@ -11,7 +11,7 @@ RUN="${DPSIMS_RUN:-runs/synthetic-tiny}"
 ART="artifacts/synthetic-tiny-openvino-int8"
 OUT="outputs"
 
-bash scripts/setup.sh train,onnx,openvino,runtime
+bash scripts/setup.sh train,pretrained,onnx,openvino,runtime
 
 echo "[demo] 1/3 training the synthetic-tiny preset (5 to 15 minutes on 2 CPU cores, depending on the CPU)"
 if [ -f "$RUN/checkpoints/last" ]; then

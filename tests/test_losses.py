@@ -90,9 +90,39 @@ def test_patch_contrastive_by_hand():
 
 
 def test_diversity_loss_by_hand():
+    """Image distance in [0, 1] units (images in [-1, 1]: a gap of 0.2 is 0.1), noise distance in units of
+    E|z1 - z2| = 2 / sqrt(pi) (a gap of 1 is 0.886 of the typical one), so ratio = 0.1 * sqrt(pi) / 2."""
     a = torch.zeros(2, 3, 4, 4)
     b = torch.full((2, 3, 4, 4), 0.2)
     za, zb = torch.zeros(2, 5), torch.ones(2, 5)
-    assert losses.diversity_loss(a, b, za, zb, tau=1.0).item() == pytest.approx(-0.2)
-    assert losses.diversity_loss(a, b, za, zb, tau=0.1).item() == pytest.approx(-0.1)
+    ratio = 0.1 / (1.0 / (2 / math.sqrt(math.pi)))
+    assert losses.diversity_ratio(a, b, za, zb).tolist() == pytest.approx([ratio, ratio])
+    assert losses.diversity_loss(a, b, za, zb, tau=1.0).item() == pytest.approx(-ratio)
+    assert losses.diversity_loss(a, b, za, zb, tau=0.05).item() == pytest.approx(-0.05)
     assert losses.diversity_loss(a, a, za, zb).item() == pytest.approx(0.0)
+
+
+def test_diversity_cap_binds_at_the_scale_generators_reach():
+    """Two typical noise draws and images 0.12 apart in [0, 1] units: the default cap (0.1) binds; 0.05 apart
+    it does not. (The old ratio, raw |image| / raw |noise|, was about 0.1 / 1.13 and never reached its cap.)"""
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(64, 16, 64, generator=g), torch.randn(64, 16, 64, generator=g)
+    base = torch.rand(64, 3, 8, 8, generator=g) * 2 - 1
+    far, near = base + 0.24, base + 0.10  # [-1, 1] units
+    assert losses.diversity_ratio(base, far, za, zb).mean().item() == pytest.approx(0.12, rel=0.02)
+    assert losses.diversity_loss(base, far, za, zb).item() == pytest.approx(-0.1)
+    assert losses.diversity_loss(base, near, za, zb).item() == pytest.approx(-0.05, rel=0.02)
+
+
+def test_fake_term_is_a_plain_mean_as_in_oasis():
+    """Class balance weights the real-target terms only: with one class covering 3 pixels and another 1, the
+    fake term is still the plain mean of -log p(fake), whatever class_balance says."""
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 0, 0, 3] = 2.0
+    label = torch.tensor([[[0, 0, 0, 1]]])
+    plain = -torch.log_softmax(logits, 1)[0, 0, 0].mean()
+    for balance in (True, False):
+        got = losses.focal_n1_loss(logits, label, target_real=False, gamma=0.0, class_balance=balance)
+        assert got.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert losses.focal_n1_loss(logits, label, True, gamma=0.0, class_balance=True).item() != pytest.approx(
+        losses.focal_n1_loss(logits, label, True, gamma=0.0, class_balance=False).item())

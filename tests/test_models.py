@@ -215,3 +215,31 @@ def test_generator_info_without_the_lean_keys_loads_the_full_design():
         del d["generator"][key]
     back = GeneratorInfo.from_json(json.dumps(d))
     assert back.generator == dataclasses.replace(TINY_G, context_levels=None, stem_kernel=3, spade_kernel=3)
+
+
+def test_feature_conditioning_standardises_channels_with_real_statistics():
+    """Channels of wildly different scales come out standardised per channel, with the statistics of the real
+    batches only (a fake batch in the same train-mode discriminator does not move them)."""
+    from train.models.discriminator import FeatureConditioning
+
+    torch.manual_seed(0)
+    fc = FeatureConditioning(4, 2, momentum=0.5).train()
+    scales = torch.tensor([0.05, 1.0, 30.0, 500.0]).view(1, 4, 1, 1)
+    shifts = torch.tensor([5.0, -2.0, 100.0, 0.0]).view(1, 4, 1, 1)
+    real = torch.randn(8, 4, 6, 6) * scales + shifts
+    fc(real, update=True)
+    torch.testing.assert_close(fc.mean, real.mean((0, 2, 3)))
+    torch.testing.assert_close(fc.var, real.var((0, 2, 3), unbiased=False))
+    before = fc.mean.clone()
+    fc(real * 7 + 3)  # a fake batch: no update
+    assert torch.equal(before, fc.mean)
+    fc.eval()
+    fc(real * 2, update=True)  # eval mode: no update either
+    assert torch.equal(before, fc.mean)
+    # what the projection sees: zero mean, unit variance per channel
+    seen = {}
+    fc.proj.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    fc(real)
+    x = seen["x"]
+    torch.testing.assert_close(x.mean((0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std((0, 2, 3), unbiased=False), torch.ones(4), atol=3e-3, rtol=0)

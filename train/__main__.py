@@ -25,8 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=8 train.steps=1000 (several per --set, --set repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--backbone-weights", metavar="PATH",
-                   help="local weights of the discriminator backbone (.safetensors or a weights-only state dict)")
+    p.add_argument("--backbone-weights", metavar="PATH|pip:NAME",
+                   help="ImageNet weights of the discriminator backbone: a local .safetensors file or weights-only state "
+                        "dict of the timm model, or pip:efficientnet-lite0 (the [pretrained] extra's package)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p.parse_args(argv)
 

