@@ -915,6 +915,10 @@ class FakePyCuda(types.ModuleType):
                 self.handle = dev.new_stream()
                 dev.record("cuda.stream_create", self.handle)
 
+            def __del__(self) -> None:  # pycuda destroys a stream when its object is collected
+                if dev.streams.pop(self.handle, None) is not None:
+                    dev.record("cuda.stream_destroy", self.handle)
+
             def synchronize(self) -> None:
                 fake._need_context("cuStreamSynchronize")
                 dev.record("cuda.synchronize", self.handle)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from fake_tensorrt import PLAN_MAGIC, FakeCuda, FakeDevice, make_tensorrt
+from fake_tensorrt import PLAN_MAGIC, FakeCuda, FakeDevice, make_cudart, make_pycuda, make_tensorrt
 from onnx import TensorProto, helper
 from runtime_artifacts import random_label_map, save_tiny_checkpoint, tiny_classes, tiny_generator
 
@@ -75,6 +76,17 @@ def make_artifact(
     )
     write_manifest(manifest, directory)
     return directory
+
+
+@pytest.fixture(autouse=True)
+def _dp_sims_logger_restored():
+    """run_jetson.py configures the dp_sims logger (a stderr handler): undo it after each test."""
+    logger = logging.getLogger("dp_sims")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
 
 
 @pytest.fixture
@@ -545,6 +557,105 @@ def test_a_refused_tensor_address_is_an_error(fake, onnx_fp32, tmp_path):
         backend._buffers["image"] = (ptr, host)
 
 
+# ------------------------------------------------------------------------------- CUDA adapters (runtimes.cuda)
+
+
+@pytest.fixture
+def fake_bindings(monkeypatch):
+    """Install fakes of cuda-python (cuda.bindings.runtime) or pycuda (pycuda.driver) on one FakeDevice; the
+    other binding is made unimportable, so open_cuda() takes the installed one, as on a Jetson."""
+    import types
+
+    def install(kind: str, device: FakeDevice, device_count: int = 1):
+        if kind == "cuda-python":
+            cudart = make_cudart(device, device_count)
+            package, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+            package.__path__, bindings.__path__ = [], []
+            bindings.runtime = cudart
+            for name, module in (("cuda", package), ("cuda.bindings", bindings), ("cuda.bindings.runtime", cudart)):
+                monkeypatch.setitem(sys.modules, name, module)
+            monkeypatch.setitem(sys.modules, "pycuda", None)
+            monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+            return cudart
+        driver = make_pycuda(device, device_count)
+        package = types.ModuleType("pycuda")
+        package.__path__, package.driver = [], driver
+        for name, module in (("pycuda", package), ("pycuda.driver", driver)):
+            monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.setitem(sys.modules, "cuda", None)
+        return driver
+
+    return install
+
+
+@pytest.mark.parametrize("kind", ["cuda-python", "pycuda"])
+def test_backend_runs_through_the_real_cuda_adapters(fake, fake_bindings, onnx_fp32, tmp_path, kind):
+    """The cuda-python and pycuda code of runtimes.cuda, against fakes with the bindings' real call shapes:
+    images match onnxruntime, and closing frees every device and page-locked buffer and the stream."""
+    artifact = make_artifact(tmp_path / "a", onnx_fp32, batch=(1, 2, 4))
+    trt, dev = fake("10.3.0", FakeDevice("Orin"))
+    binding = fake_bindings(kind, dev)
+    labels = random_label_map(np.random.default_rng(0), 5, SIZE)
+    predictor = load_predictor(artifact)  # open_cuda() picks the installed binding
+    info = predictor.info()["backend"]
+    images = predictor.generate_raw(labels, seed=7)
+    noise = predictor.sample_noise(range(7, 12))
+    predictor.close()
+    np.testing.assert_allclose(images, onnxruntime_reference(artifact / "model.onnx", labels, noise), atol=1e-6)
+    assert info["cuda_api"] == kind and info["gpu"] == "Orin" and info["compute_capability"] == "8.7"
+    assert not dev.memory and not dev.streams
+    assert len(calls(dev, "cuda.host_buffer")) == 3
+    if kind == "cuda-python":
+        assert not binding.host  # every cudaMallocHost buffer went back through cudaFreeHost
+    else:
+        assert binding.stack == []  # every context push was popped
+
+
+def test_cuda_python_reports_the_driver_error_by_code_and_name(fake_bindings):
+    """JetPack 6.1/6.2 with a cuda-python newer than its CUDA: cudaGetDeviceCount fails with error 35."""
+    from runtimes.cuda import open_cuda
+
+    dev = FakeDevice("Orin")
+    dev.driver_error = 35
+    fake_bindings("cuda-python", dev)
+    with pytest.raises(BackendUnavailable, match=r"error 35 cudaErrorInsufficientDriver \(CUDA driver version is "
+                                                 r"insufficient.*cuda-python==12\.6\.\*.*JetPack 6\.1/6\.2"):
+        open_cuda()
+    dev.driver_error = 100
+    with pytest.raises(BackendUnavailable, match="error 100 cudaErrorNoDevice.*onnx or openvino"):
+        open_cuda()
+    dev.driver_error = None
+    fake_bindings("cuda-python", dev, device_count=0)
+    with pytest.raises(BackendUnavailable, match="reports 0 devices"):
+        open_cuda()
+    fake_bindings("cuda-python", dev, device_count=1)
+    with pytest.raises(InputError, match="cuda:1 was asked for; this machine has 1"):
+        open_cuda(1)
+
+
+def test_cuda_python_errors_name_the_call(fake_bindings):
+    from runtimes.cuda import CudaError, open_cuda
+
+    dev = FakeDevice("Orin")
+    fake_bindings("cuda-python", dev)
+    cuda = open_cuda()
+    dev.out_of_memory = True
+    with pytest.raises(CudaError, match="cudaMalloc failed: CUDA error 2 cudaErrorMemoryAllocation"):
+        cuda.malloc(1024)
+    with pytest.raises(ValueError, match="host_buffer returned"):
+        cuda.free_host(np.zeros(4, np.uint8))
+
+
+def test_pycuda_driver_errors_are_backend_unavailable(fake_bindings):
+    from runtimes.cuda import open_cuda
+
+    dev = FakeDevice("Orin")
+    dev.driver_error = 35
+    fake_bindings("pycuda", dev)
+    with pytest.raises(BackendUnavailable, match="cuInit failed: CUDA driver version is insufficient"):
+        open_cuda()
+
+
 def test_missing_tensorrt_names_the_extra(monkeypatch, onnx_fp32, tmp_path):
     artifact = make_artifact(tmp_path / "a", onnx_fp32)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
@@ -602,6 +713,99 @@ def test_tensorrt_refuses_int32_bias_dequantize(tmp_path):
         check_qdq_for_tensorrt(path)
 
 
+def _conv_qdq_onnx(path: Path, *, weight_axis: int = 0, activation_channels: bool = False, opset: int = 17,
+                   q_zero_point: bool = True) -> Path:
+    """x -> Q -> DQ -> Conv(W: int8 -> DQ per channel) -> y: the layout TensorRT reads, with one thing to break."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    act_scale = [0.1, 0.1] if activation_channels else [0.1]
+    inits = [
+        helper.make_tensor("xs", TensorProto.FLOAT, [len(act_scale)] if activation_channels else [], act_scale),
+        helper.make_tensor("xz", TensorProto.INT8, [len(act_scale)] if activation_channels else [], [0] * len(act_scale)),
+        helper.make_tensor("w", TensorProto.INT8, [3, 2, 1, 1], [1, 2, 3, 4, 5, 6]),
+        helper.make_tensor("ws", TensorProto.FLOAT, [3], [0.01, 0.02, 0.03]),
+        helper.make_tensor("wz", TensorProto.INT8, [3], [0, 0, 0]),
+    ]
+    q_inputs = ["x", "xs", "xz"] if q_zero_point else ["x", "xs"]
+    act_axis = {"axis": 1} if activation_channels else {}
+    nodes = [
+        helper.make_node("QuantizeLinear", q_inputs, ["xq"], name="x_Q", **act_axis),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="x_DQ", **act_axis),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="w_DQ", axis=weight_axis),
+        helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", opset)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_qdq_check_covers_axes_opset_and_missing_zero_points(tmp_path):
+    from export.tensorrt import check_qdq_for_tensorrt
+
+    assert check_qdq_for_tensorrt(_conv_qdq_onnx(tmp_path / "ok.onnx")) == []
+    with pytest.raises(EngineBuildError, match="'x_Q' has no zero point, so it quantizes to uint8"):
+        check_qdq_for_tensorrt(_conv_qdq_onnx(tmp_path / "u8.onnx", q_zero_point=False))
+    with pytest.raises(EngineBuildError, match="weight of Conv 'conv' is quantized per channel on axis 1.*axis 0"):
+        check_qdq_for_tensorrt(_conv_qdq_onnx(tmp_path / "axis.onnx", weight_axis=1))
+    with pytest.raises(EngineBuildError, match="activation with per-channel scales"):
+        check_qdq_for_tensorrt(_conv_qdq_onnx(tmp_path / "act.onnx", activation_channels=True))
+    with pytest.raises(EngineBuildError, match="opset 10; per-channel Q/DQ needs opset 13"):
+        check_qdq_for_tensorrt(_conv_qdq_onnx(tmp_path / "old.onnx", opset=10))
+    (note,) = check_qdq_for_tensorrt(_conv_qdq_onnx(tmp_path / "new.onnx", opset=19))
+    assert "TensorRT 8.6 (JetPack 6.0) parses opsets up to 17" in note
+
+
+def test_the_fake_parser_refuses_what_tensorrt_refuses(fake, onnx_fp32, tmp_path):
+    """So that a Q/DQ layout, opset or dtype TensorRT cannot read fails here too."""
+    trt, _ = fake("10.3.0")
+    with pytest.raises(EngineBuildError, match="QuantizeLinear without a zero point"):
+        build_engine(_conv_qdq_onnx(tmp_path / "u8.onnx", q_zero_point=False), tmp_path / "e", "int8", input_size=SIZE,
+                     noise_shape=(4, 8), onnx_precision="int8", trt=trt)
+    model = onnx.load(str(onnx_fp32[0]))
+    model.opset_import[0].version = 18
+    onnx.save(model, str(tmp_path / "opset18.onnx"))
+    trt8, _ = fake("8.6.1")
+    with pytest.raises(EngineBuildError, match="Unsupported ONNX opset 18"):
+        build_engine(tmp_path / "opset18.onnx", tmp_path / "e", "fp32", input_size=SIZE, noise_shape=onnx_fp32[1],
+                     onnx_precision="fp32", trt=trt8)
+    assert not hasattr(trt8.DataType, "INT64") and hasattr(trt.DataType, "INT64")
+
+
+def test_export_for_dla_needs_one_batch_size(tmp_path, onnx_fp32):
+    from export.base import ExportRequest
+    from export.tensorrt import export, export_from_onnx
+    from train.errors import ConfigError
+
+    req = ExportRequest(generator=None, info=None, classes=tiny_classes(), precision="int8", out_dir=tmp_path / "x",
+                        input_size=SIZE, noise_shape=onnx_fp32[1], batch=(1, 2, 8), options={"dla": 0})
+    with pytest.raises(ConfigError, match="--dla needs one batch size.*--batch 2,2,2"):
+        export(req)  # before any ONNX export or calibration
+    source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx", batch=(1, 2, 4))
+    with pytest.raises(ConfigError, match="--batch 2,2,2"):
+        export_from_onnx(source / "model.onnx", tmp_path / "bad", precision="fp16", batch=(1, 2, 4), dla=0)
+    export_from_onnx(source / "model.onnx", tmp_path / "dla", precision="fp16", dla=0)  # no --batch: the opt size
+    manifest = read_manifest(tmp_path / "dla")
+    assert manifest.batch == {"min": 2, "opt": 2, "max": 2} and manifest.target_options["dla_core"] == 0
+
+
+def test_quantizing_leaves_the_root_logger_as_it_was(tmp_path, onnx_fp32, caplog):
+    import logging
+
+    from calibration import CalibrationSet
+    from export.onnx import quantize_qdq
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    rng = np.random.default_rng(0)
+    data = CalibrationSet(random_label_map(rng, 2, SIZE).astype(np.int32),
+                          rng.standard_normal((2, *onnx_fp32[1]), dtype=np.float32), "test", 0)
+    quantize_qdq(onnx_fp32[0], tmp_path / "q.onnx", data, [], "int8")
+    assert root.level == level and root.handlers == handlers and not root.filters
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("someone.else").warning("still heard")
+    assert "still heard" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("trt_ckpt") / "generator_ema.safetensors", SIZE)
@@ -629,6 +833,7 @@ def test_export_generator_int8_writes_a_qdq_onnx_whose_psnr_holds_in_onnxruntime
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and detect_onnx_precision(out / "model.onnx") == "int8"
     check_qdq_for_tensorrt(out / "model.onnx")  # int8, zero points 0, no int32 bias: qdq_for="tensorrt" honoured
+    assert qdq_outside_weighted_inputs(model) == 0  # TensorRT's placement: no Q/DQ on Conv/MatMul outputs
     assert "int8 activations symmetric" in manifest.calibration["method"] and manifest.calibration["held_out"] == 2
 
     generator, info = load_generator(tiny_checkpoint)  # re-measure: the held-out maps, in onnxruntime
@@ -639,6 +844,25 @@ def test_export_generator_int8_writes_a_qdq_onnx_whose_psnr_holds_in_onnxruntime
     assert manifest.quality["samples"] == len(held_out) == 2
     assert abs(psnr(reference, images) - manifest.quality["psnr_db"]) < 0.5
     assert manifest.quality["psnr_db"] >= 30.0  # the gate's bar
+
+
+def qdq_outside_weighted_inputs(model) -> int:
+    """Activation Q/DQ pairs whose output feeds no Conv/MatMul/Gemm input: output quantization."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {t.name for t in model.graph.initializer}
+    stray = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        producer = next((n for n in model.graph.node if node.input[0] in n.output), None)
+        if node.input[0] in constants or (producer is not None and producer.input[0] in constants):
+            continue  # a weight
+        if not any(c.op_type in ("Conv", "MatMul", "Gemm") for c in consumers.get(node.output[0], [])):
+            stray += 1
+    return stray
 
 
 def _stub_onnx_target(seen: dict, onnx_fp32):
@@ -826,7 +1050,10 @@ def test_jetson_script_runs_with_tensorrt(fake, onnx_fp32, tmp_path, monkeypatch
     use_fake_cuda(monkeypatch, dev)
     argv = ["--model", str(artifact), "--labels", str(labels), "--out", str(tmp_path / "out"), "--runs", "3", "--warmup", "1"]
     assert _jetson_script().main(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # the engine build does not sit silent: why it builds, and its phases (TensorRT's progress monitor)
+    assert "Building the TensorRT engine" in captured.err and "TensorRT build: Timing layers" in captured.err
     report = json.loads(out[out.rindex("\n{") + 1 :])  # the last JSON object: the report
     assert report["latency_ms"]["samples"] == 6 and report["latency_ms"]["median"] <= report["latency_ms"]["p90"]
     assert report["engine_cache"] == "built (no cached engine)" and report["batch"] == 2

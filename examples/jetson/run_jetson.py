@@ -1,11 +1,12 @@
 """Generate images on a Jetson with TensorRT from a folder of label-map PNGs, and report latency.
 
     python3 run_jetson.py --model artifacts/ade20k-trt-int8 --labels label_maps/ --out generated/
-    python3 run_jetson.py --model artifacts/ade20k-trt-int8 --labels label_maps/ --dla 0     # AGX Orin / Orin NX
+    python3 run_jetson.py --model artifacts/ade20k-trt-dla --labels label_maps/ --dla 0     # AGX Orin / Orin NX
 
-The first run builds the TensorRT engine from the artifact's ONNX (minutes on a Jetson) and caches it beside the
-ONNX (model.engine + model.engine.json); later runs load it in seconds. Only `runtimes` (numpy, pillow) and
-JetPack's TensorRT + cuda-python (or pycuda) are needed: no torch on the device.
+The first run builds the TensorRT engine from the artifact's ONNX (minutes on a Jetson; its phases are logged to
+stderr) and caches it beside the ONNX (model.engine + model.engine.json); later runs load it in seconds. Only
+`runtimes` (numpy, pillow) and JetPack's TensorRT + cuda-python (or pycuda) are needed: no torch on the device.
+An artifact exported with --dla runs on that DLA core; --gpu runs it on the GPU instead.
 
 Exit codes: 0 done; 1 an error in the inputs (artifact, label maps); 2 TensorRT or a CUDA GPU is missing here:
 everything before the engine (artifact, hashes, label maps) was checked, and the message says what to install.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import shutil
 import subprocess
@@ -40,7 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first map; map i uses seed + i")
     p.add_argument("--runs", type=int, default=20, help="timed runs per map (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    p.add_argument("--dla", type=int, default=None, metavar="CORE", help="build and run on this DLA core (Orin only)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--dla", type=int, default=None, metavar="CORE", help="build and run on this DLA core (Orin only)")
+    where.add_argument("--gpu", action="store_true", help="run on the GPU even if the artifact was exported for DLA")
+    p.add_argument("--quiet", action="store_true", help="no progress lines from the engine build")
     p.add_argument("--rebuild", action="store_true", help="rebuild the engine even when a cached one matches")
     return p.parse_args(argv)
 
@@ -78,12 +83,26 @@ def jetson_status() -> dict[str, str]:
     return status
 
 
+def configure_logging(quiet: bool) -> None:
+    """Progress of the engine build (dp_sims.tensorrt: phases, minutes on a Jetson) on stderr, once."""
+    logger = logging.getLogger("dp_sims")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    for old in [h for h in logger.handlers if getattr(h, "_run_jetson", False)]:  # main() called again
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler._run_jetson = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def percentile_ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(seconds) * 1e3, q)), 2)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging(args.quiet)
     if args.runs < 1 or args.warmup < 0:
         print(f"error: --runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}.", file=sys.stderr)
         return EXIT_ERROR
@@ -100,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if "power_mode" in status:
         print("For stable numbers run `sudo nvpmodel -m 0 && sudo jetson_clocks` first (max power mode, pinned clocks).")
 
-    device = f"dla:{args.dla}" if args.dla is not None else "cuda"
+    device = f"dla:{args.dla}" if args.dla is not None else "cuda" if args.gpu else "auto"  # auto: as exported
     start = time.perf_counter()
     try:
         predictor = load_predictor(args.model, device=device, verify=False, rebuild=args.rebuild)
