@@ -34,8 +34,8 @@ from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 if TYPE_CHECKING:
     import torch
 
-#: Kept in float by default (DESIGN.md): the first and last convolutions, and attention (its projections, scores
-#: and softmax). Normalisation statistics stay float anyway: batch norm is folded into the preceding conv and
+#: Kept in float by default (docs/design.md, "INT8 and the accuracy gate"): the first and last convolutions, and
+#: attention (its projections, scores and softmax). Normalisation statistics stay float anyway: batch norm is folded into the preceding conv and
 #: layer norm is not an op coremltools quantizes.
 DEFAULT_FLOAT_MODULES = ("encoder.stem.0", "head", "to_rgb")
 DEFAULT_FLOAT_TYPES = ("Attention",)

@@ -21,7 +21,7 @@ MANIFEST_NAME = "model.json"
 TARGETS = ("torch", "onnx", "openvino", "tensorrt", "coreml")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8w", "w8a8")
 
-# The graph contract every target exports (see DESIGN.md).
+# The graph contract every target exports (docs/design.md, "The generator graph contract").
 INPUT_LABEL = "label"
 INPUT_NOISE = "noise"
 OUTPUT_IMAGE = "image"

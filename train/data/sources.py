@@ -1,6 +1,6 @@
 """Dataset folders on disk: find the (image, label) pairs of a split and read them in the model's numbering.
 
-numpy + pillow only. Conventions (DESIGN.md, "Dataset conventions"; class lists in ``train/data/classes/``):
+numpy + pillow only. Conventions (docs/design.md, "Dataset conventions"; class lists in ``train/data/classes/``):
 
 | dataset    | data.root: the folder, or its parent holding   | a split's images and labels                           |
 |------------|------------------------------------------------|-------------------------------------------------------|

@@ -1,8 +1,8 @@
 """The DP-SIMS generator: a label encoder with context modeling and cross-attention noise, and a spatially
 adaptive image branch.
 
-Graph contract (DESIGN.md): ``forward(label, noise) -> image`` with ``label`` int [N, H, W] holding class ids,
-``noise`` float [N, T, D] standard normal noise tokens, ``image`` float [N, 3, H, W] in [-1, 1]. The one-hot
+Graph contract (docs/design.md, "The generator graph contract"): ``forward(label, noise) -> image`` with
+``label`` int [N, H, W] holding class ids, ``noise`` float [N, T, D] standard normal noise tokens, ``image`` float [N, 3, H, W] in [-1, 1]. The one-hot
 encoding happens inside (a comparison against a constant range), no random op lives in ``forward`` and there is
 no data-dependent Python control flow, so the module exports to ONNX, torch.export and CoreML unchanged.
 
