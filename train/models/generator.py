@@ -2,9 +2,10 @@
 adaptive image branch.
 
 Graph contract (docs/design.md, "The generator graph contract"): ``forward(label, noise) -> image`` with
-``label`` int [N, H, W] holding class ids, ``noise`` float [N, T, D] standard normal noise tokens, ``image`` float [N, 3, H, W] in [-1, 1]. The one-hot
-encoding happens inside (a comparison against a constant range), no random op lives in ``forward`` and there is
-no data-dependent Python control flow, so the module exports to ONNX, torch.export and CoreML unchanged.
+``label`` int [N, H, W] holding class ids, ``noise`` float [N, T, D] standard normal noise tokens, ``image`` float
+[N, 3, H, W] in [-1, 1]. The one-hot encoding happens inside (a comparison against a constant range), no random op
+lives in ``forward`` and there is no data-dependent Python control flow, so the module exports to ONNX,
+torch.export and CoreML unchanged.
 
 Structure
 - Label encoder: the full-resolution one-hot map goes through a conv stem and stride-2 convs down to the lowest
