@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = make_parser("export", "Export a DP-SIMS generator for deployment.", __doc__)
     p.add_argument("--checkpoint", help="run folder (its last checkpoint), checkpoint folder or generator .safetensors")
-    p.add_argument("--target", required=True, choices=["onnx", "openvino", "tensorrt", "coreml", "torch"])
+    p.add_argument("--target", required=True, choices=["onnx", "openvino", "tensorrt", "coreml", "torch", "triton"],
+                   help="triton: a Triton Inference Server model repository from the artifact --from DIR (export/triton.py)")
     p.add_argument("--precision", default=None,
                    help="fp32, fp16, int8 (coreml: int8 = int8 weights, w8a8 = int8 weights+activations; torch: bf16). "
                         "Default: fp32, or for --from the ONNX's own precision")
@@ -80,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="artifact directory (default artifacts/RUN-TARGET-PRECISION)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--from", dest="from_onnx", default=None,
-                   help="tensorrt only: build from the model.onnx of an existing artifact (on the device; no torch)")
+                   help="tensorrt: build from the model.onnx of an existing artifact (on the device; no torch); "
+                        "triton: the artifact folder to put in a model repository (-o name=, kind=cpu|gpu, instances=, "
+                        "max_queue_delay_us=)")
     p.add_argument("--dla", type=int, default=None, help="tensorrt: DLA core (Jetson AGX Orin / Orin NX)")
     p.add_argument("--image-output", action="store_true", help="coreml: an RGB image output for apps (batch 1)")
     p.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     try:
+        if args.target == "triton":
+            return _triton_repository(args)
         if args.from_onnx:
             return _from_onnx(args)
         if not args.checkpoint:
@@ -133,6 +138,19 @@ def _progress(level: str):
     if level in ("DEBUG", "INFO"):
         return lambda message: print(message, file=sys.stderr)
     return lambda message: None
+
+
+def _triton_repository(args: argparse.Namespace) -> int:
+    from train.errors import ConfigError  # torch-free
+    if not args.from_onnx or not args.out:
+        raise ConfigError("--target triton needs --from ARTIFACT_DIR and --out REPO (the Triton model repository).")
+    from export.triton import export_repository
+
+    result = export_repository(args.from_onnx, args.out, dict(args.option), overwrite=args.overwrite)
+    for note in result.notes:
+        print(note)
+    print(f"model repository: {args.out}  (model: {result.model_dir})")
+    return 0
 
 
 def _from_onnx(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@
     python -m runtimes generate --model DIR --label map.png --seed 0 --n 4 --out out.png          # out-0.png .. out-3.png
     python -m runtimes generate --model DIR --label map.png --seed 0 --n 4 --grid --out grid.png  # map + 4 images
     python -m runtimes info [--model DIR] [--json]
+    python -m runtimes serve --model DIR [--host 127.0.0.1] [--port 8000] [--max-batch N]    # Triton (PyTriton)
+    python -m runtimes generate --model http://127.0.0.1:8000/NAME --label map.png --seed 0 --out out.png
 
 With ``--n N`` the variations use seeds SEED..SEED+N-1 and are written one file per seed (``STEM-SEED.png``), or
 with ``--grid`` as one image: the colourised label map, then the N images, in one row. Without ``--seed`` a random
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default="auto")
     info.add_argument("--no-open", action="store_true", help="do not open the backend (only read model.json)")
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    from runtimes.serve import add_arguments as add_serve_arguments  # numpy only; PyTriton loads when serving
+
+    add_serve_arguments(sub.add_parser("serve", help="serve an artifact on Triton Inference Server (PyTriton, [serve] extra)"))
     return parser
 
 
@@ -147,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
+        if args.command == "serve":
+            from runtimes.serve import run_from_args
+
+            return run_from_args(args)
         return cmd_generate(args) if args.command == "generate" else cmd_info(args)
     except (RuntimeErrorBase, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

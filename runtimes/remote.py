@@ -1,0 +1,236 @@
+"""A predictor whose backend is a model on a Triton Inference Server (or any KServe v2 server) far away.
+
+>>> from runtimes import load_predictor
+>>> with load_predictor("http://127.0.0.1:8000/ade") as predictor:          # or grpc://127.0.0.1:8001/ade
+...     image = predictor.generate("label.png", seed=0)                    # (H, W, 3) uint8, as locally
+
+The model's configuration carries the artifact's model.json (parameter ``dp_sims_manifest``, written by both
+``python -m runtimes serve`` and ``python -m export --target triton``), so the predictor knows the classes,
+palette, input size and noise shape without the artifact's files. Everything but the graph call happens here as
+in a local predictor: label maps are read and checked, noise is sampled from the seed on this side
+(:meth:`Predictor.sample_noise`), batches are split at the server's max batch, and the same errors are raised
+(:class:`InputError` before anything is sent). So one seed gives the same image remotely and locally: bit for
+bit when the server runs the same artifact on the same kind of machine and batches the request alone.
+
+Server-side failures: a request the server refuses is an :class:`InputError` naming the server's reason; a server
+that cannot be reached, dies mid-request or does not answer within ``timeout`` seconds is a :class:`RemoteError`
+(raised within the timeout, never a hang). One predictor sends one request at a time (it is thread-safe; use one
+per thread to send concurrently). Needs ``pip install 'dp-sims[serve]'`` (tritonclient).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from runtimes._optional import require
+from runtimes.backends.base import Backend
+from runtimes.errors import InputError, ManifestError, RuntimeErrorBase
+from runtimes.predictor import Predictor
+from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
+
+MANIFEST_PARAMETER = "dp_sims_manifest"
+SCHEMES = ("http", "https", "grpc")
+DEFAULT_TIMEOUT_S = 60.0
+EXTRA = "serve"
+
+
+class RemoteError(RuntimeErrorBase, ConnectionError):
+    """The server could not be reached, closed the connection, failed, or did not answer within the timeout."""
+
+
+def is_remote(path: Any) -> bool:
+    """Whether ``load_predictor``'s ``path`` names a server (http://, https:// or grpc://) rather than a folder."""
+    return isinstance(path, str) and re.match(r"(?i)(https?|grpc)://", path) is not None
+
+
+def parse_url(url: str) -> tuple[str, str, str, str]:
+    """``SCHEME://HOST:PORT/MODEL[/VERSION]`` -> (scheme, "host:port", model, version or "")."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    path = [p for p in parts.path.split("/") if p]
+    if scheme not in SCHEMES or not parts.hostname or not path or len(path) > 2 or parts.query or parts.fragment:
+        raise InputError(
+            f"A served model is named by http://HOST:PORT/MODEL, https://HOST:PORT/MODEL or grpc://HOST:PORT/MODEL "
+            f"(optionally /VERSION after the model), got {url!r}."
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise InputError(f"The port of {url!r} is not a number 1..65535.") from None
+    port = port or {"http": 80, "https": 443, "grpc": 8001}[scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    version = path[1] if len(path) == 2 else ""
+    if version and not version.isdigit():
+        raise InputError(f"The model version in {url!r} must be a number, got {version!r}.")
+    return scheme, f"{host}:{port}", path[0], version
+
+
+class RemoteBackend(Backend):
+    """The graph call over tritonclient (HTTP or gRPC). Opened by :func:`load_remote_predictor`."""
+
+    extra = EXTRA
+    accepted_options = frozenset({"timeout"})
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S):
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6:
+            raise InputError(f"timeout is in seconds, a number > 0, got {timeout!r}.")
+        self.url = url
+        self.timeout = float(timeout)
+        self.scheme, self.address, self.model, self.version = parse_url(url)
+        if self.scheme == "grpc":
+            self._tc = require("tritonclient.grpc", EXTRA, "tritonclient[grpc]")
+            self._client = self._tc.InferenceServerClient(self.address)
+        else:
+            self._tc = require("tritonclient.http", EXTRA, "tritonclient[http]")
+            self._client = self._tc.InferenceServerClient(
+                self.address, ssl=self.scheme == "https", connection_timeout=self.timeout, network_timeout=self.timeout
+            )
+        try:
+            config = self._call("read the model configuration of", self._model_config)
+            manifest = manifest_from_config(config, url)
+        except BaseException:
+            self.close()
+            raise
+        super().__init__(Path(self.model), manifest, device="remote")
+        self._server_max_batch = int(config.get("max_batch_size", 0) or 0)
+        if self._server_max_batch < 1:
+            raise ManifestError(f"{url}: the model does not batch (max_batch_size 0); the graph contract has a batch dimension.")
+
+    # ----------------------------------------------------------------------------------------- protocol
+    def _model_config(self) -> dict[str, Any]:
+        if self.scheme == "grpc":
+            return self._client.get_model_config(self.model, self.version, as_json=True, client_timeout=self.timeout)["config"]
+        return self._client.get_model_config(self.model, self.version)
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run one client call; translate its failures into this package's errors."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args)
+        except InferenceServerException as e:
+            raise self._server_error(what, e) from None
+        except (OSError, EOFError) as e:  # refused, reset, closed mid-response, socket timeout
+            raise RemoteError(f"Could not {what} {self.url}: {_describe(e)}. Is the server running and reachable?") from None
+        except Exception as e:  # gevent's Timeout and other transport errors of the HTTP client
+            if type(e).__name__ in ("Timeout", "TimeoutError", "HTTPParseError", "ConnectionError"):
+                raise RemoteError(f"Could not {what} {self.url} within {self.timeout:g} s: {_describe(e)}.") from None
+            raise
+
+    def _server_error(self, what: str, e: Any) -> RuntimeErrorBase:
+        status = str(e.status() or "")
+        message = str(e.message() if hasattr(e, "message") else e)
+        reason = _reason(message)
+        if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
+            return RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout) when asked to {what} it.")
+        if "UNAVAILABLE" in status or "failed to connect" in message.lower() or "Socket closed" in message:
+            return RemoteError(f"Could not {what} {self.url}: the server is unreachable or closed the connection ({reason}).")
+        if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message or "is not found" in message:
+            return RemoteError(f"{self.url}: the server has no model {self.model!r}{' version ' + self.version if self.version else ''} ({reason}).")
+        if "InputError" in message or status in ("400", "StatusCode.INVALID_ARGUMENT"):
+            return InputError(f"The server {self.url} refused the request: {reason}")
+        return RemoteError(f"The server {self.url} failed to {what} the model: {reason}")
+
+    @property
+    def max_batch(self) -> int:
+        return max(1, min(self._server_max_batch, int(self.manifest.batch.get("max", 1))))
+
+    @property
+    def min_batch(self) -> int:
+        return 1  # Triton's batcher takes any batch up to max_batch_size
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tc = self._tc
+        label = np.ascontiguousarray(inputs[INPUT_LABEL], dtype=np.int32)
+        noise = np.ascontiguousarray(inputs[INPUT_NOISE], dtype=np.float32)
+        binary = {} if self.scheme == "grpc" else {"binary_data": True}
+        tensors = [tc.InferInput(INPUT_LABEL, list(label.shape), "INT32"), tc.InferInput(INPUT_NOISE, list(noise.shape), "FP32")]
+        tensors[0].set_data_from_numpy(label, **binary)
+        tensors[1].set_data_from_numpy(noise, **binary)
+        outputs = [tc.InferRequestedOutput(OUTPUT_IMAGE, **binary)]
+        kwargs: dict[str, Any] = {"model_version": self.version, "outputs": outputs}
+        if self.scheme == "grpc":
+            kwargs["client_timeout"] = self.timeout
+        result = self._call("run", lambda: self._client.infer(self.model, tensors, **kwargs))
+        image = result.as_numpy(OUTPUT_IMAGE)
+        if image is None:
+            raise RemoteError(f"{self.url} answered without the output {OUTPUT_IMAGE!r}.")
+        return {OUTPUT_IMAGE: image}
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        self._client = None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a client whose server died must not raise
+                pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": type(self).__name__, "device": "remote", "url": self.url, "protocol": self.scheme,
+                "model": self.model, "server_max_batch": self._server_max_batch, "timeout_s": self.timeout}
+
+
+def manifest_from_config(config: dict[str, Any], url: str) -> Manifest:
+    """The artifact's model.json from a Triton model configuration (JSON form)."""
+    parameter = (config.get("parameters") or {}).get(MANIFEST_PARAMETER) or {}
+    text = parameter.get("string_value", parameter.get("stringValue"))
+    if not text:
+        raise ManifestError(
+            f"{url}: the model's configuration has no {MANIFEST_PARAMETER!r} parameter, so it is not a dp-sims model "
+            "served by `python -m runtimes serve` or exported by `python -m export --target triton`."
+        )
+    try:
+        return Manifest.from_dict(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{url}: the model's {MANIFEST_PARAMETER!r} parameter is not valid JSON ({e}).") from None
+
+
+class RemotePredictor(Predictor):
+    """A :class:`Predictor` over a :class:`RemoteBackend`: the same generate(), info() and errors."""
+
+    def __init__(self, backend: RemoteBackend):
+        super().__init__(backend, backend.manifest, Path(backend.model))
+        self.url = backend.url
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["artifact"] = self.url
+        info["backend"]["class"] = f"{RemoteBackend.__module__}:{RemoteBackend.__name__}"
+        return info
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        state = "closed" if self._backend is None else "open"
+        return f"RemotePredictor({self.target} {self.precision}, {h}x{w}, {self.num_classes} classes, {state}, {self.url})"
+
+
+def load_remote_predictor(url: str, device: str = "auto", **options: Any) -> RemotePredictor:
+    """The predictor of the model served at ``url`` (see the module doc). ``device`` is the server's business:
+    only "auto" is accepted here. ``options``: ``timeout`` (seconds per call, default 60)."""
+    if device != "auto":
+        raise InputError(f"A served model runs on the server's device; give device='auto', not {device!r}.")
+    unknown = sorted(set(options) - RemoteBackend.accepted_options)
+    if unknown:
+        raise InputError(f"A served model takes the option timeout only, not {unknown}.")
+    return RemotePredictor(RemoteBackend(url, **options))
+
+
+def _reason(message: str) -> str:
+    """The useful line of a server error: the dp-sims error it carries, else the message's first line."""
+    match = re.search(r"(?:runtimes\.errors\.)?InputError: ([^\n]+)", message)
+    if match:
+        return match.group(1).strip()
+    first = message.strip().splitlines()[0] if message.strip() else "no message"
+    return first[:500]
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
