@@ -2,8 +2,9 @@
 
 The function behind ``python -m export``. It loads the EMA generator of a run or checkpoint, builds the
 calibration set, calls the target module (``export/<target>.py``: ``export(ExportRequest) -> ExportResult``) in a
-temporary folder beside ``out``, writes the manifest through :mod:`runtimes.spec`, and renames the folder into
-place only when everything succeeded: a failed export writes nothing.
+temporary folder beside ``out``, writes the manifest through :mod:`runtimes.spec` and the model card
+(:mod:`export.model_card`), and renames the folder into place only when everything succeeded: a failed export
+writes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
+from export.model_card import write_model_card
 from runtimes._optional import require
 from runtimes.spec import ClassInfo, Manifest, file_entry, write_manifest
 from train.errors import ConfigError, DpSimsError
@@ -235,6 +237,8 @@ def export_generator(
         manifest.calibration = result.calibration
         manifest.target_options = result.target_options
         write_manifest(manifest, work)
+        write_model_card(work, manifest, run_name=_run_name(source_file), run_config=run_config_of(source_file),
+                         parameters=sum(p.numel() for p in generator.parameters()))
     size_bytes = sum(f.bytes for f in manifest.files)
     return ExportReport(out_dir, manifest, time.perf_counter() - started, size_bytes, list(result.notes))
 

@@ -164,7 +164,7 @@ def ov_images(xml: Path, labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
 def test_manifest_describes_the_artifact(artifact, generator, target, precision):
     report = artifact(target, precision)
     out = report.out_dir
-    assert {p.name for p in out.iterdir()} == FILES[target] | {"model.json"}  # no temp files, nothing stale
+    assert {p.name for p in out.iterdir()} == FILES[target] | {"model.json", "MODEL_CARD.md"}  # no temp files, nothing stale
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
     raw = json.loads((out / "model.json").read_text())
@@ -218,7 +218,7 @@ def test_report_table_shows_the_numbers(artifact):
 def test_overwrite_replaces_a_stale_out_dir(artifact):
     out = artifact("onnx", "fp32").out_dir
     assert not (out / "stale.txt").exists()
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.json"}
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.json", "MODEL_CARD.md"}
 
 
 # --------------------------------------------------------------------------------------------------- onnx
