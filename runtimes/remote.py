@@ -116,11 +116,13 @@ class RemoteBackend(Backend):
             return fn(*args)
         except InferenceServerException as e:
             raise self._server_error(what, e) from None
-        except (OSError, EOFError) as e:  # refused, reset, closed mid-response, socket timeout
+        except TimeoutError:  # socket.timeout
+            raise RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout).") from None
+        except (OSError, EOFError) as e:  # refused, reset, closed mid-response
             raise RemoteError(f"Could not {what} {self.url}: {_describe(e)}. Is the server running and reachable?") from None
-        except Exception as e:  # gevent's Timeout and other transport errors of the HTTP client
-            if type(e).__name__ in ("Timeout", "TimeoutError", "HTTPParseError", "ConnectionError"):
-                raise RemoteError(f"Could not {what} {self.url} within {self.timeout:g} s: {_describe(e)}.") from None
+        except Exception as e:  # the HTTP client's transport errors (geventhttpclient, gevent's Timeout)
+            if type(e).__module__.split(".")[0] in ("geventhttpclient", "gevent"):
+                raise RemoteError(f"Could not {what} {self.url} (timeout {self.timeout:g} s): {_describe(e)}.") from None
             raise
 
     def _server_error(self, what: str, e: Any) -> RuntimeErrorBase:
@@ -128,7 +130,7 @@ class RemoteBackend(Backend):
         message = str(e.message() if hasattr(e, "message") else e)
         reason = _reason(message)
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
-            return RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout) when asked to {what} it.")
+            return RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout).")
         if "UNAVAILABLE" in status or "failed to connect" in message.lower() or "Socket closed" in message:
             return RemoteError(f"Could not {what} {self.url}: the server is unreachable or closed the connection ({reason}).")
         if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message or "is not found" in message:

@@ -1,0 +1,425 @@
+"""Serving on Triton (runtimes/serve.py) and the remote predictor (runtimes/remote.py), on 127.0.0.1 only.
+
+One PyTriton server per module serves a tiny OpenVINO artifact; every request loop is bounded and every client
+has a timeout. A TCP relay between client and server plays a server that dies, or stops answering, mid-request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime_artifacts import build_artifact, random_label_map, tiny_classes, tiny_generator
+from runtimes import InputError, ManifestError, load_predictor
+
+pytest.importorskip("pytriton", reason="needs the serve extra: pip install 'dp-sims[serve]'")
+pytest.importorskip("tritonclient.http", reason="needs the serve extra: pip install 'dp-sims[serve]'")
+pytest.importorskip("tritonclient.grpc", reason="needs the serve extra: pip install 'dp-sims[serve]'")
+pytest.importorskip("openvino")
+import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from runtimes.remote import RemoteError, parse_url  # noqa: E402
+from runtimes.serve import TritonServer, describe_metrics, metrics  # noqa: E402
+
+HOST = "127.0.0.1"
+NAME = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(http_port: int, name: str, deadline_s: float, proc: subprocess.Popen | None = None) -> None:
+    client = httpclient.InferenceServerClient(f"{HOST}:{http_port}", connection_timeout=1, network_timeout=1)
+    try:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"the server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            try:
+                if client.is_model_ready(name):
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the server was not ready within {deadline_s} s")
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve_artifacts")
+    generator, classes = tiny_generator(), tiny_classes()
+    onnx_dir = build_artifact(root, "onnx", generator, classes)
+    return build_artifact(root, "openvino", generator, classes, onnx_path=onnx_dir / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(artifact):
+    with TritonServer(artifact, name=NAME, host=HOST, http_port=free_port(), grpc_port=free_port(),
+                      metrics_port=free_port(), max_queue_delay_us=1000, exit_timeout_s=1) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def local(artifact):
+    with load_predictor(artifact) as predictor:
+        yield predictor
+
+
+@pytest.fixture
+def http(server):
+    client = httpclient.InferenceServerClient(f"{HOST}:{server.endpoints.http_port}", connection_timeout=10, network_timeout=10)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def grpc(server):
+    client = grpcclient.InferenceServerClient(f"{HOST}:{server.endpoints.grpc_port}")
+    yield client
+    client.close()
+
+
+def urls(server) -> dict[str, str]:
+    return {"http": f"http://{HOST}:{server.endpoints.http_port}/{NAME}",
+            "grpc": f"grpc://{HOST}:{server.endpoints.grpc_port}/{NAME}"}
+
+
+def request(module, label: np.ndarray, noise: np.ndarray, label_type: str = "INT32", noise_type: str = "FP32"):
+    inputs = [module.InferInput("label", list(label.shape), label_type), module.InferInput("noise", list(noise.shape), noise_type)]
+    inputs[0].set_data_from_numpy(label)
+    inputs[1].set_data_from_numpy(noise)
+    return inputs
+
+
+def good_inputs(module, n: int = 2):
+    rng = np.random.default_rng(n)
+    label = random_label_map(rng, n).astype(np.int32)
+    noise = rng.standard_normal((n, 4, 8), dtype=np.float32)
+    return request(module, label, noise)
+
+
+# ----------------------------------------------------------------------------------------- the protocol
+def test_served_model_answers_tritonclient_over_http_and_grpc(server, http, grpc, local):
+    assert http.is_server_ready() and http.is_model_ready(NAME)
+    meta = http.get_model_metadata(NAME)
+    shapes = {t["name"]: (t["datatype"], t["shape"]) for t in [*meta["inputs"], *meta["outputs"]]}
+    assert shapes == {"label": ("INT32", [-1, 32, 32]), "noise": ("FP32", [-1, 4, 8]), "image": ("FP32", [-1, 3, 32, 32])}
+    config = http.get_model_config(NAME)
+    assert config["max_batch_size"] == 4 and "dynamic_batching" in config
+    rng = np.random.default_rng(0)
+    label = random_label_map(rng, 3).astype(np.int32)
+    noise = local.sample_noise([7, 8, 9])
+    expected = local.generate_raw(label, noise=noise)
+    for module, client in ((httpclient, http), (grpcclient, grpc)):
+        result = client.infer(NAME, request(module, label, noise))
+        image = result.as_numpy("image")
+        assert image.dtype == np.float32 and image.shape == (3, 3, 32, 32)
+        assert np.array_equal(image, expected)
+    assert grpc.is_model_ready(NAME)
+    assert grpc.get_model_config(NAME, as_json=True)["config"]["max_batch_size"] == 4
+
+
+def test_metrics_endpoint_counts_requests_and_batches(server, http):
+    before = describe_metrics(metrics(server.endpoints.metrics, NAME))
+    for _ in range(3):
+        http.infer(NAME, good_inputs(httpclient, 2))
+    after = describe_metrics(metrics(server.endpoints.metrics, NAME))
+    assert after["requests"] - before["requests"] == 3
+    assert after["images"] - before["images"] == 6
+    assert after["mean_batch"] is not None and after["mean_batch"] >= 1
+
+
+# ----------------------------------------------------------------------------------- the remote predictor
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_remote_equals_local_bit_for_bit(server, local, protocol):
+    rng = np.random.default_rng(1)
+    maps = random_label_map(rng, 6)  # more than the max batch of 4: split in 4 + 2, as locally
+    with load_predictor(urls(server)[protocol], timeout=20) as remote:
+        assert remote.max_batch == local.max_batch == 4
+        assert (remote.input_size, remote.noise_shape, remote.num_classes) == (local.input_size, local.noise_shape, local.num_classes)
+        assert [c.color for c in remote.classes] == [c.color for c in local.classes]
+        assert np.array_equal(remote.generate(maps, seed=11), local.generate(maps, seed=11))
+        assert np.array_equal(remote.generate(maps[0], seed=3), local.generate(maps[0], seed=3))
+        assert np.array_equal(remote.generate_variations(maps[1], 3, seed=0), local.generate_variations(maps[1], 3, seed=0))
+        noise = local.sample_noise([42])[0]
+        assert np.array_equal(remote.generate(maps[2], noise=noise), local.generate(maps[2], noise=noise))
+        info = remote.info()
+        assert info["artifact"] == urls(server)[protocol] and info["backend"]["url"] == urls(server)[protocol]
+        assert info["target"] == "openvino" and info["noise_shape"] == [4, 8]
+    with pytest.raises(Exception, match="closed"):
+        remote.generate(maps[0], seed=0)
+
+
+def test_remote_raises_the_local_errors(server, local):
+    maps = random_label_map(np.random.default_rng(2), 2)
+    bad = maps.copy()
+    bad[1, 3, 4] = 9
+    with load_predictor(urls(server)["http"], timeout=20) as remote:
+        for call in (lambda p: p.generate(bad, seed=0),
+                     lambda p: p.generate(maps.astype(np.float32), seed=0),
+                     lambda p: p.generate(maps, noise=np.zeros((2, 4, 9), np.float32)),
+                     lambda p: p.generate(maps[0][:16], seed=0),
+                     lambda p: p.generate(maps, seed=0, batch_size=5)):
+            with pytest.raises(InputError) as remote_error:
+                call(remote)
+            with pytest.raises(InputError) as local_error:
+                call(local)
+            assert str(remote_error.value) == str(local_error.value)
+
+
+def test_remote_url_and_server_errors(server):
+    with pytest.raises(InputError, match="http://HOST:PORT/MODEL"):
+        load_predictor("http://127.0.0.1:8000")
+    with pytest.raises(InputError, match="http://HOST:PORT/MODEL"):
+        load_predictor("ftp://127.0.0.1/x")
+    with pytest.raises(InputError, match="timeout"):
+        load_predictor(urls(server)["http"], timeout=0)
+    with pytest.raises(InputError, match="option timeout only"):
+        load_predictor(urls(server)["http"], threads=2)
+    with pytest.raises(InputError, match="server's device"):
+        load_predictor(urls(server)["http"], device="cuda")
+    assert parse_url("grpc://localhost/ade/1") == ("grpc", "localhost:8001", "ade", "1")
+    for url in (f"http://{HOST}:{server.endpoints.http_port}/nosuchmodel", f"grpc://{HOST}:{server.endpoints.grpc_port}/nosuchmodel"):
+        with pytest.raises(RemoteError, match="no model 'nosuchmodel'"):
+            load_predictor(url, timeout=5)
+    closed = free_port()
+    for scheme in ("http", "grpc"):
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match="Could not|unreachable"):
+            load_predictor(f"{scheme}://{HOST}:{closed}/{NAME}", timeout=3)
+        assert time.monotonic() - start < 10
+
+
+def test_a_model_without_the_manifest_is_refused(server):
+    from runtimes.remote import manifest_from_config
+
+    with pytest.raises(ManifestError, match="not a dp-sims model"):
+        manifest_from_config({"name": "other", "max_batch_size": 4}, "http://x/other")
+
+
+# ------------------------------------------------------------------------------------------ bad requests
+def bad_requests(module):
+    rng = np.random.default_rng(3)
+    label = random_label_map(rng, 2).astype(np.int32)
+    noise = rng.standard_normal((2, 4, 8), dtype=np.float32)
+    out_of_range = label.copy()
+    out_of_range[0, 5, 6] = 7
+    nan_noise = noise.copy()
+    nan_noise[1, 0, 0] = np.nan
+    return {
+        "label dtype": (request(module, label.astype(np.float32), noise, label_type="FP32"), "data-type|datatype|FP32"),
+        "label shape": (request(module, label[:, :16], noise), r"shape|\[2,16,32\]|\[2, 16, 32\]"),
+        "class ids": (request(module, out_of_range, noise), "class id 7 at"),
+        "noise shape": (request(module, label, noise[:, :, :6]), r"shape|\[2,4,6\]"),
+        "noise NaN": (request(module, label, nan_noise), "NaN"),
+        "oversize batch": (request(module, random_label_map(rng, 5).astype(np.int32),
+                                   rng.standard_normal((5, 4, 8), dtype=np.float32)), "batch"),
+    }
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, http, grpc, protocol):
+    module, client = (httpclient, http) if protocol == "http" else (grpcclient, grpc)
+    for what, (inputs, pattern) in bad_requests(module).items():
+        with pytest.raises(InferenceServerException, match=pattern) as error:
+            client.infer(NAME, inputs)
+        assert len(str(error.value)) > 20, what
+        image = client.infer(NAME, good_inputs(module)).as_numpy("image")  # the next good request is served
+        assert image.shape == (2, 3, 32, 32) and np.isfinite(image).all(), what
+    assert client.is_server_live() and client.is_model_ready(NAME)
+
+
+def test_the_server_survives_clients_that_disconnect_mid_request(server, http):
+    body = b'{"inputs": [{"name": "label", "shape": [1, 32, 32], "datatype": "INT32", "data": [' + b"0," * 500
+    head = (f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) * 10}\r\n\r\n").encode()
+    for _ in range(5):  # a request cut off halfway through its body
+        with socket.create_connection((HOST, server.endpoints.http_port), timeout=5) as s:
+            s.sendall(head + body)
+    for _ in range(5):  # a whole request whose client leaves before the answer
+        inputs = good_inputs(httpclient, 4)
+        body_bytes, json_size = httpclient.InferenceServerClient.generate_request_body(inputs)
+        extra = f"Inference-Header-Content-Length: {json_size}\r\n" if json_size is not None else ""
+        with socket.create_connection((HOST, server.endpoints.http_port), timeout=5) as s:
+            s.sendall((f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: {HOST}\r\n{extra}"
+                       f"Content-Length: {len(body_bytes)}\r\n\r\n").encode() + body_bytes)
+    for _ in range(3):  # a gRPC call abandoned by its deadline
+        g = grpcclient.InferenceServerClient(f"{HOST}:{server.endpoints.grpc_port}")
+        try:
+            g.infer(NAME, good_inputs(grpcclient, 4), client_timeout=0.0005)
+        except InferenceServerException:
+            pass
+        g.close()
+    assert http.is_server_ready() and http.is_model_ready(NAME)
+    assert http.infer(NAME, good_inputs(httpclient, 3)).as_numpy("image").shape == (3, 3, 32, 32)
+    assert server.is_alive()
+
+
+# ------------------------------------------------------------------ a server that dies or hangs mid-request
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of the server. ``mode``: "pass" forwards both ways; "die" closes every
+    connection as soon as the client sends (the server died mid-request); "hang" swallows what the client sends
+    and never answers (a stuck server)."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.mode = "pass"
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection((HOST, self.target_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        src.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            if from_client and self.mode == "die":
+                for s in (src, dst):
+                    s.close()
+                break
+            if self.mode == "hang":
+                continue
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("failure", ["die", "hang"])
+def test_a_client_gets_a_clear_error_within_its_timeout_when_the_server_dies_or_hangs(server, protocol, failure):
+    port = server.endpoints.http_port if protocol == "http" else server.endpoints.grpc_port
+    relay = Relay(port)
+    try:
+        maps = random_label_map(np.random.default_rng(4), 2)
+        with load_predictor(f"{protocol}://{HOST}:{relay.port}/{NAME}", timeout=2) as remote:
+            assert remote.generate(maps, seed=0).shape == (2, 32, 32, 3)  # through the relay
+            relay.mode = failure
+            start = time.monotonic()
+            with pytest.raises(RemoteError) as error:
+                remote.generate(maps, seed=0)
+            took = time.monotonic() - start
+        assert took < 2 + 3, f"the error took {took:.1f} s with a 2 s timeout"
+        assert relay.port and str(relay.port) in str(error.value)
+        if failure == "hang":
+            assert "2 s" in str(error.value)
+    finally:
+        relay.close()
+
+
+# ----------------------------------------------------------------------------------- the command line
+def test_serve_command_serves_and_stops_cleanly_on_sigterm(artifact, tmp_path):
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    log = tmp_path / "triton.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtimes", "serve", "--model", str(artifact), "--host", HOST, "--port", str(http_port),
+         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--max-batch", "2", "--server-log", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        wait_ready(http_port, artifact.name, 60, proc)
+        with load_predictor(f"http://{HOST}:{http_port}/{artifact.name}", timeout=20) as remote:
+            assert remote.max_batch == 2
+            assert remote.generate(random_label_map(np.random.default_rng(5), 3), seed=1).shape == (3, 32, 32, 3)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert f"serving model {artifact.name!r}" in out
+        assert log.exists() and log.stat().st_size > 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    with pytest.raises(RemoteError):
+        load_predictor(f"http://{HOST}:{http_port}/{artifact.name}", timeout=2)
+
+
+def test_serve_command_refuses_bad_options(artifact, tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtimes", "serve", *args], capture_output=True, text=True, timeout=60)
+
+    result = run("--model", str(artifact), "--max-batch", "9", "--port", str(free_port()))
+    assert result.returncode == 2 and "max_batch must be an integer in 1..4" in result.stderr
+    result = run("--model", str(tmp_path / "missing"))
+    assert result.returncode == 2 and "No model.json" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_server_process_gives_a_clear_error_mid_loop(artifact):
+    """A real server process killed (SIGKILL) while a client sends requests in a loop."""
+    http_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtimes", "serve", "--model", str(artifact), "--host", HOST, "--port", str(http_port),
+         "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_ready(http_port, artifact.name, 60, proc)
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def loop() -> None:
+            maps = random_label_map(np.random.default_rng(6), 4)
+            with load_predictor(f"http://{HOST}:{http_port}/{artifact.name}", timeout=3) as remote:
+                for i in range(2000):
+                    try:
+                        remote.generate(maps, seed=i)
+                    except Exception as e:
+                        errors.append(e)
+                        break
+            done.set()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert done.wait(10), "the client hung after the server died"
+        assert len(errors) == 1 and isinstance(errors[0], RemoteError), errors
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
