@@ -26,15 +26,24 @@ def ort_reader(data: CalibrationSet, batch_size: int = 1) -> Any:
     """A fresh ``CalibrationDataReader`` over ``data`` (rewindable: ONNX Runtime may read it more than once)."""
     quantization = require("onnxruntime.quantization", "onnx", "onnxruntime")
 
+    from calibration.progress import bar
+
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = list(data.batches(batch_size))
             self._next = 0
+            self._bar = None
 
         def get_next(self) -> dict[str, np.ndarray] | None:
+            if self._next == 0 and self._bar is None:
+                self._bar = bar("calibration (ONNX Runtime)", total=len(self._batches), unit="batch")
             if self._next >= len(self._batches):
+                if self._bar is not None:
+                    self._bar.close()
+                    self._bar = None
                 return None
             self._next += 1
+            self._bar.update()
             return self._batches[self._next - 1]
 
         def rewind(self) -> None:

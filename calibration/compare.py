@@ -14,14 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from calibration.progress import progress
 from calibration.sets import CalibrationSet
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 def run_all(runner: Runner, data: CalibrationSet, batch_size: int = 8) -> np.ndarray:
-    """float32 [S, 3, H, W]: ``runner`` over every sample of ``data``."""
-    return np.concatenate([np.asarray(runner(b), dtype=np.float32) for b in data.batches(batch_size)])
+    """float32 [S, 3, H, W]: ``runner`` over every sample of ``data`` (a progress bar on a terminal)."""
+    batches = progress(data.batches(batch_size), "quality check", total=-(-len(data) // max(1, batch_size)),
+                       unit="batch")
+    return np.concatenate([np.asarray(runner(b), dtype=np.float32) for b in batches])
 
 
 def psnr(reference: np.ndarray, candidate: np.ndarray, peak_to_peak: float = 2.0) -> float:

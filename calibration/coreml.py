@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from calibration.progress import progress
 from calibration.sets import CalibrationSet
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 
@@ -109,7 +110,7 @@ def calibrate_w8a8(
     prepared = quantizer.prepare(example_inputs=batches[0])
     prepared.eval()  # batch norm keeps its running statistics; the observers still record (they ignore the mode)
     with torch.no_grad():
-        for label, noise in batches:
+        for label, noise in progress(batches, "calibration (W8A8 observers)", unit="batch"):
             prepared(label, noise)
     prepared.apply(torch.ao.quantization.disable_observer)  # freeze the ranges: later forwards only simulate
     return W8A8Model(prepared, quantizer, len(data), kept)

@@ -143,8 +143,10 @@ def _folder(path: Path, num_classes: int, size, samples: int, palette, ignore_id
     if not files:
         raise DataError(f"{path} holds no label maps (*.png or *.npy). Give a folder of label-map PNGs, a dataset "
                         "preset such as ade20k-256, or 'synthetic'.")
+    from calibration.progress import progress
+
     maps = []
-    for file in files[:samples]:
+    for file in progress(files[:samples], f"calibration maps from {path}", unit="map"):
         try:
             ids, is_rgb = read_label_file(file)
             if is_rgb:
@@ -179,7 +181,10 @@ def _dataset(spec: str, num_classes: int, size, samples: int) -> np.ndarray:
         raise DataError(f"--calib {spec} has {dataset.num_classes} classes, the generator {num_classes}: calibrate on "
                         "label maps of the dataset the generator was trained on.")
     count = min(samples, len(dataset))
-    maps = [resize_nearest(np.asarray(dataset[i][1]), size) for i in range(count)]
+    from calibration.progress import progress
+
+    maps = [resize_nearest(np.asarray(dataset[i][1]), size)
+            for i in progress(range(count), f"calibration maps from {spec}", unit="map")]
     return np.stack([_checked_ids(m, num_classes, dataset.ignore_id, f"{spec}[{i}]") for i, m in enumerate(maps)])
 
 

@@ -24,11 +24,15 @@ then, if the bar is still not reached, the worst layers by measured sensitivity 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
+from calibration.progress import bar, bars_and_logs
 from train.errors import DpSimsError
+
+log = logging.getLogger(__name__)
 
 
 class ExportQualityError(DpSimsError):
@@ -74,14 +78,22 @@ def module_groups(names: list[str], max_groups: int = 12) -> dict[str, list[str]
 
 
 def run_gate(attempt: Callable[[list[str]], tuple[dict[str, Any], Any]], levels: list[tuple[str, list[str]]],
-             min_psnr: float, what: str, progress: Callable[[str], None] | None = print,
+             min_psnr: float, what: str, progress: Callable[[str], None] | None = log.info,
              names: list[str] | None = None, max_groups: int = 12) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Try ``attempt(kept_float_names)`` level by level until its quality's ``psnr_db`` >= ``min_psnr``.
 
     When every fixed level fails and ``names`` (all quantizable layers) is given, a sensitivity stage follows:
     each remaining module group is quantized alone (everything else float) and scored, then groups are kept
     float worst-first, on top of the last level, until the bar is reached. Returns ``(quality, kept, extra)``
-    where ``kept`` describes the float layers for the manifest."""
+    where ``kept`` describes the float layers for the manifest.
+
+    ``progress`` receives one line per measurement (default: this module's logger at INFO, which the command
+    lines show unless -q); on a terminal a tqdm bar counts the levels and the sensitivity probes."""
+    with bars_and_logs():
+        return _run_gate(attempt, levels, min_psnr, what, progress, names, max_groups)
+
+
+def _run_gate(attempt, levels, min_psnr, what, progress, names, max_groups):
     tried: list[str] = []
 
     def measure(description: str, kept: list[str], step: str) -> tuple[float, dict[str, Any], Any]:
@@ -93,21 +105,32 @@ def run_gate(attempt: Callable[[list[str]], tuple[dict[str, Any], Any]], levels:
             progress(f"[{what}] gate {step} ({description}, {len(kept)} layers float): PSNR {value:.2f} dB (bar {min_psnr:.1f})")
         return value, quality, extra
 
-    for i, (description, kept) in enumerate(levels):
-        value, quality, extra = measure(description, kept, f"step {i + 1}/{len(levels)}")
-        if value >= min_psnr:
-            return quality, {"level": description, "layers": kept, "attempts": tried}, extra
+    steps = bar(f"{what} gate", total=len(levels), unit="level")
+    try:
+        for i, (description, kept) in enumerate(levels):
+            value, quality, extra = measure(description, kept, f"step {i + 1}/{len(levels)}")
+            steps.update()
+            steps.set_postfix_str(f"{value:.2f} dB")
+            if value >= min_psnr:
+                return quality, {"level": description, "layers": kept, "attempts": tried}, extra
+    finally:
+        steps.close()
 
     rest = [n for n in (names or []) if n not in set(levels[-1][1] if levels else [])]
     if rest:
         groups = module_groups(rest, max_groups)
         scores = {}
-        for j, (group, members) in enumerate(groups.items()):
-            quality, _ = attempt([n for n in names if n not in set(members)])
-            value = quality.get("psnr_db")
-            scores[group] = float("inf") if value is None else float(value)
-            if progress is not None:
-                progress(f"[{what}] sensitivity {j + 1}/{len(groups)}: only {group} quantized: {scores[group]:.2f} dB")
+        probes = bar(f"{what} sensitivity", total=len(groups), unit="group")
+        try:
+            for j, (group, members) in enumerate(groups.items()):
+                quality, _ = attempt([n for n in names if n not in set(members)])
+                value = quality.get("psnr_db")
+                scores[group] = float("inf") if value is None else float(value)
+                probes.update()
+                if progress is not None:
+                    progress(f"[{what}] sensitivity {j + 1}/{len(groups)}: only {group} quantized: {scores[group]:.2f} dB")
+        finally:
+            probes.close()
         kept = list(levels[-1][1]) if levels else []
         added: list[str] = []
         for group in sorted(groups, key=scores.get)[:-1]:  # all groups float would be no quantization at all

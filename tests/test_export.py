@@ -470,8 +470,9 @@ def test_checkpoint_of_another_architecture(tmp_path, generator):
     no_leftovers(tmp_path, out)
 
 
-def test_gate_failure_lists_every_attempt_and_writes_nothing(tmp_path, checkpoint, capsys):
+def test_gate_failure_lists_every_attempt_and_writes_nothing(tmp_path, checkpoint, caplog):
     out = tmp_path / "out"
+    caplog.set_level("INFO", logger="export.gate")  # the gate reports each level and probe through logging
     with pytest.raises(ExportQualityError) as info:
         export_generator(checkpoint, "onnx", "int8", calib_samples=4, min_psnr=200.0, out=out, log=quiet)
     message = str(info.value)
@@ -487,7 +488,7 @@ def test_gate_failure_lists_every_attempt_and_writes_nothing(tmp_path, checkpoin
     assert all(20.0 < v < 200.0 for v in values)  # real measurements of a quantized model, each below the bar
     assert values[-1] >= values[0] - 1.0  # keeping more layers float does not make it much worse
     no_leftovers(tmp_path, out)
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert printed.count("[onnx int8] gate step") == len(LEVELS)
     assert printed.count("[onnx int8] gate sensitivity step") == len(later)
 
