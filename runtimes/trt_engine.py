@@ -23,6 +23,10 @@ brings it back on AGX Orin with JetPack 7.2.2+ for strongly typed networks (Tens
 An engine only runs on the GPU model and TensorRT version that built it, so a cached engine comes with a sidecar
 JSON (``model.engine.json``: TensorRT version, GPU name and compute capability, ONNX sha256, build options and a
 key over all of them). The engine file itself is TensorRT's plan, byte for byte: trtexec and Triton load it.
+
+Polygraphy's builder loaders (``polygraphy.backend.trt``) wrap the same Builder/config/parser calls; they are not
+used: the per-version decisions above, the DLA runtime core and the sidecar would still be written here, JetPack
+does not ship polygraphy, and these few calls are tested call by call against tests/fake_tensorrt.py.
 """
 
 from __future__ import annotations
