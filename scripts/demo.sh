@@ -32,5 +32,5 @@ echo
 echo "Everything the demo wrote:"
 echo "  training run:      $ROOT/$RUN  (config.yaml, metrics.jsonl, checkpoints/, samples/)"
 echo "  sample grids:      $(ls -1 "$RUN"/samples/*.png | tail -n 1)"
-echo "  INT8 artifact:     $ROOT/$ART  (model.xml, model.bin, model.json)"
+echo "  INT8 artifact:     $ROOT/$ART  (model.xml, model.bin, model.json, MODEL_CARD.md)"
 echo "  generated image:   $ROOT/$OUT/generated.png"

@@ -113,6 +113,8 @@ def test_installed_scripts_train_export_and_generate_outside_the_checkout(outsid
     _run(["dpsims-export", "--checkpoint", "run", "--target", "onnx", "--out", "art"], cwd=work, env=env)
     manifest = json.loads((work / "art" / "model.json").read_text())
     assert manifest["target"] == "onnx" and (work / "art" / "model.onnx").is_file()
+    card = (work / "art" / "MODEL_CARD.md").read_text()
+    assert "dataset `synthetic`" in card and "no licence constraints" in card
 
     h, w = manifest["input_size"]
     label = (np.arange(h)[:, None] // 8 + np.arange(w)[None, :] // 16) % 8
