@@ -14,14 +14,15 @@ bit when the server runs the same artifact on the same kind of machine and batch
 
 Server-side failures: a request the server refuses is an :class:`InputError` naming the server's reason; a server
 that cannot be reached, dies mid-request or does not answer within ``timeout`` seconds is a :class:`RemoteError`
-(raised within the timeout, never a hang). One predictor sends one request at a time (it is thread-safe; use one
-per thread to send concurrently). Needs ``pip install 'dp-sims[serve]'`` (tritonclient).
+(raised within the timeout, never a hang). One predictor may be used from any thread but sends one request at a
+time (the predictor's lock); use one predictor per thread to send concurrently. Needs ``pip install 'dp-sims[serve]'`` (tritonclient).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -83,14 +84,12 @@ class RemoteBackend(Backend):
         self.url = url
         self.timeout = float(timeout)
         self.scheme, self.address, self.model, self.version = parse_url(url)
-        if self.scheme == "grpc":
-            self._tc = require("tritonclient.grpc", EXTRA, "tritonclient[grpc]")
-            self._client = self._tc.InferenceServerClient(self.address)
-        else:
-            self._tc = require("tritonclient.http", EXTRA, "tritonclient[http]")
-            self._client = self._tc.InferenceServerClient(
-                self.address, ssl=self.scheme == "https", connection_timeout=self.timeout, network_timeout=self.timeout
-            )
+        module = "tritonclient.grpc" if self.scheme == "grpc" else "tritonclient.http"
+        self._tc = require(module, EXTRA, f"tritonclient[{'grpc' if self.scheme == 'grpc' else 'http'}]")
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
+        self._closed = False
         try:
             config = self._call("read the model configuration of", self._model_config)
             manifest = manifest_from_config(config, url)
@@ -103,6 +102,26 @@ class RemoteBackend(Backend):
             raise ManifestError(f"{url}: the model does not batch (max_batch_size 0); the graph contract has a batch dimension.")
 
     # ----------------------------------------------------------------------------------------- protocol
+    @property
+    def _client(self) -> Any:
+        """The calling thread's client: the HTTP client runs on gevent, whose connections belong to the thread that
+        made them (another thread gets "Cannot switch to a different thread"), so each thread gets its own;
+        the gRPC client is thread-safe and shared."""
+        if self._closed:
+            raise RemoteError(f"The connection to {self.url} is closed.")
+        client = self._clients[0] if self.scheme == "grpc" and self._clients else getattr(self._local, "client", None)
+        if client is None:
+            if self.scheme == "grpc":
+                client = self._tc.InferenceServerClient(self.address)
+            else:
+                client = self._tc.InferenceServerClient(
+                    self.address, ssl=self.scheme == "https", connection_timeout=self.timeout, network_timeout=self.timeout
+                )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
     def _model_config(self) -> dict[str, Any]:
         if self.scheme == "grpc":
             return self._client.get_model_config(self.model, self.version, as_json=True, client_timeout=self.timeout)["config"]
@@ -166,12 +185,13 @@ class RemoteBackend(Backend):
         return {OUTPUT_IMAGE: image}
 
     def close(self) -> None:
-        client = getattr(self, "_client", None)
-        self._client = None
-        if client is not None:
+        self._closed = True
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
             try:
                 client.close()
-            except Exception:  # closing a client whose server died must not raise
+            except Exception:  # a client of another thread, or whose server died: its sockets go with it
                 pass
 
     def describe(self) -> dict[str, Any]:

@@ -166,6 +166,27 @@ def test_remote_equals_local_bit_for_bit(server, local, protocol):
         remote.generate(maps[0], seed=0)
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_one_remote_predictor_serves_several_threads(server, local, protocol):
+    maps = random_label_map(np.random.default_rng(7), 4)
+    expected = [local.generate(maps[i], seed=i) for i in range(4)]
+    results: dict[int, object] = {}
+    with load_predictor(urls(server)[protocol], timeout=20) as remote:  # made in this thread, used in others
+
+        def work(i: int) -> None:
+            try:
+                results[i] = remote.generate(maps[i], seed=i)
+            except Exception as e:  # reported by the assertion below
+                results[i] = e
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert all(np.array_equal(results[i], expected[i]) for i in range(4)), results
+
+
 def test_remote_raises_the_local_errors(server, local):
     maps = random_label_map(np.random.default_rng(2), 2)
     bad = maps.copy()
