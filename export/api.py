@@ -114,7 +114,8 @@ def _flag(key: str, value: Any) -> bool:
 
 _ONNX_OPTIONS = {"opset": _number(int, 14, 20), "qdq_for": _one_of("tensorrt", "cpu"),
                  "quantizer": _one_of("auto", "modelopt", "onnxruntime"),
-                 "calibrate_method": _one_of("minmax", "entropy", "percentile")}
+                 "calibrate_method": _one_of("minmax", "entropy", "percentile"),
+                 "high_precision": _one_of("fp32", "fp16")}
 #: the -o options each target reads, with their checks: an unknown key or a bad value fails before any work
 TARGET_OPTIONS: dict[str, dict[str, Any]] = {
     "onnx": _ONNX_OPTIONS,

@@ -9,7 +9,8 @@
   (``qdq_for="tensorrt"``, the form TensorRT reads; the default; Q/DQ on the inputs and weights of Conv/MatMul/Gemm,
   not on their outputs: :data:`TENSORRT_QDQ_OPTIONS`) or uint8 asymmetric activations
   (``qdq_for="cpu"``, faster in ONNX Runtime on CPUs), Conv/MatMul/Gemm only; NVIDIA ModelOpt's ONNX PTQ makes
-  the TensorRT form instead where it is installed (``-o quantizer=auto|modelopt|onnxruntime``). Calibrated on the calibration set
+  the TensorRT form instead where it is installed (``-o quantizer=auto|modelopt|onnxruntime``); with ModelOpt,
+  ``-o high_precision=fp16`` computes the layers INT8 leaves float in FP16 (else FP32 in a strongly typed build). Calibrated on the calibration set
   and accuracy-gated (:mod:`export.gate`): below ``min_psnr`` more layers stay float and it tries again.
 """
 
@@ -63,6 +64,7 @@ def export(req: ExportRequest) -> ExportResult:
     if req.precision not in PRECISIONS:
         raise ValueError(f"The onnx target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
     opset = int(req.options.get("opset", DEFAULT_OPSET))
+    high_precision = check_high_precision(req)
     path = req.out_dir / MODEL
     fp32_path = req.out_dir / "fp32.onnx.tmp" if req.precision != "fp32" else path
     export_fp32(req.generator, req.input_size, fp32_path, opset, req.batch)
@@ -94,7 +96,7 @@ def export(req: ExportRequest) -> ExportResult:
 
         def attempt(exclude: list[str]) -> tuple[dict[str, Any], Any]:
             if quantizer == "modelopt":
-                quantize_modelopt(fp32_path, path, calib_part, exclude, method)
+                quantize_modelopt(fp32_path, path, calib_part, exclude, method, high_precision)
             else:
                 quantize_qdq(fp32_path, path, calib_part, exclude, activations, method)
             return compare_images(reference, run_all(session_runner(path), held_out), held_out), None
@@ -104,7 +106,8 @@ def export(req: ExportRequest) -> ExportResult:
         how = ("NVIDIA ModelOpt ONNX PTQ (TensorRT explicit-quantization rules)" if quantizer == "modelopt"
                else "onnxruntime quantize_static QDQ")
         calibration = {**calib_part.summary(), "method": f"{how}, {method}, int8 symmetric per-channel weights, "
-                       f"{activations} activations" + (" symmetric, float biases" if activations == "int8" else " asymmetric"),
+                       f"{activations} activations" + (" symmetric, float biases" if activations == "int8" else " asymmetric")
+                       + (", float layers in FP16" if high_precision == "fp16" else ""),
                        "held_out": len(held_out)}
     if quality is not None:
         if fp32_check is not None and req.precision != "fp32":
@@ -227,9 +230,29 @@ def choose_quantizer(name: str, activations: str) -> str:
     return name
 
 
-def quantize_modelopt(src: Path, dst: Path, data: CalibrationSet, exclude: list[str], method: str = "minmax") -> None:
+def check_high_precision(req: ExportRequest) -> str:
+    """``-o high_precision``: what the layers INT8 leaves float compute in. fp32 (default) or fp16, which only
+    ModelOpt writes (its AutoCast casts them with the Q/DQ scales TensorRT fuses; a strongly typed build keeps
+    them FP32 otherwise). Checked before any work."""
+    high = str(req.options.get("high_precision", "fp32")).lower()
+    if high == "fp32":
+        return high
+    if req.precision != "int8":
+        raise ConfigError("-o high_precision=fp16 is for --precision int8 (the layers INT8 keeps float); "
+                          "--precision fp16 makes a whole FP16 model.")
+    activations = "int8" if req.options.get("qdq_for", "tensorrt") == "tensorrt" else "uint8"
+    if choose_quantizer(str(req.options.get("quantizer", "auto")), activations) != "modelopt":
+        raise ConfigError("-o high_precision=fp16 needs NVIDIA ModelOpt (pip install 'dp-sims[tensorrt]', "
+                          "-o quantizer=modelopt): its AutoCast writes FP16 float layers TensorRT fuses with the Q/DQ. "
+                          "ONNX Runtime's converter would put casts between DequantizeLinear and Conv.")
+    return high
+
+
+def quantize_modelopt(src: Path, dst: Path, data: CalibrationSet, exclude: list[str], method: str = "minmax",
+                      high_precision: str = "fp32") -> None:
     """ModelOpt's ONNX PTQ (``modelopt.onnx.quantization.quantize``) of ``src`` into ``dst``: int8 Q/DQ placed by
-    TensorRT's rules, calibrated on the CPU; layers not quantized stay float32 (the graph contract's dtypes)."""
+    TensorRT's rules, calibrated on the CPU; layers not quantized stay float32 (the graph contract's dtypes), or
+    float16 with ``high_precision="fp16"`` (inputs and outputs stay float32)."""
     mq = require("modelopt.onnx.quantization", "tensorrt", "nvidia-modelopt")
     from calibration.adapters import modelopt_arrays
 
@@ -239,7 +262,7 @@ def quantize_modelopt(src: Path, dst: Path, data: CalibrationSet, exclude: list[
     mq.quantize(
         onnx_path=str(src), quantize_mode="int8", calibration_data=modelopt_arrays(data),
         calibration_method=methods[method], calibration_eps=["cpu"], op_types_to_quantize=QUANTIZED_OPS,
-        nodes_to_exclude=list(exclude), output_path=str(dst), high_precision_dtype="fp32", log_level="WARNING",
+        nodes_to_exclude=list(exclude), output_path=str(dst), high_precision_dtype=high_precision, log_level="WARNING",
     )
 
 

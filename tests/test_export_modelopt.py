@@ -69,3 +69,24 @@ def test_onnxruntime_can_be_forced_and_bad_choices_are_config_errors(tmp_path, f
         export_generator(ckpt, "onnx", "int8", calib_samples=8, out=tmp_path / "bad2",
                          options={"quantizer": "modelopt", "qdq_for": "cpu"}, log=lambda m: None)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+def test_float_layers_in_fp16_go_through_modelopt_only(tmp_path, fake_modelopt):
+    """-o high_precision=fp16: the layers INT8 leaves float computed in FP16 (ModelOpt's AutoCast); refused before
+    any work where ModelOpt does not write it."""
+    ckpt = save_tiny_checkpoint(tmp_path / "g.safetensors")
+    report = export_generator(ckpt, "tensorrt", "int8", calib_samples=8, out=tmp_path / "fp16",
+                              options={"high_precision": "FP16"}, log=lambda m: None)
+    assert fake_modelopt[0]["high_precision_dtype"] == "fp16"
+    assert "float layers in FP16" in report.manifest.calibration["method"]
+    default = export_generator(ckpt, "tensorrt", "int8", calib_samples=8, out=tmp_path / "fp32", log=lambda m: None)
+    assert fake_modelopt[-1]["high_precision_dtype"] == "fp32" and "FP16" not in default.manifest.calibration["method"]
+    with pytest.raises(ConfigError, match="needs NVIDIA ModelOpt"):
+        export_generator(ckpt, "tensorrt", "int8", calib_samples=8, out=tmp_path / "ort",
+                         options={"high_precision": "fp16", "quantizer": "onnxruntime"}, log=lambda m: None)
+    with pytest.raises(ConfigError, match="is for --precision int8"):
+        export_generator(ckpt, "onnx", "fp16", out=tmp_path / "half", options={"high_precision": "fp16"}, log=lambda m: None)
+    with pytest.raises(ConfigError, match="high_precision must be one of fp32, fp16"):
+        export_generator(ckpt, "onnx", "int8", calib_samples=8, out=tmp_path / "bf", options={"high_precision": "bf16"},
+                         log=lambda m: None)
+    assert not any((tmp_path / d).exists() for d in ("ort", "half", "bf"))
