@@ -489,14 +489,10 @@ def main(argv: list[str] | None = None) -> int:
             args.artifacts.append("tensorrt:int8")
 
     sys.path.insert(0, str(ROOT))
-    from runtimes.errors import RuntimeErrorBase
+    from runtimes.cli import prog_name, run_cli
     from train.errors import DpSimsError
 
-    try:
-        return _run(args)
-    except (DpSimsError, RuntimeErrorBase) as e:
-        print(f"python -m benchmarks.run: {e}", file=sys.stderr)
-        return 2
+    return run_cli(prog_name("benchmarks.run"), lambda: _run(args), errors=(DpSimsError,))
 
 
 def _run(args: argparse.Namespace) -> int:

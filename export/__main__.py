@@ -11,9 +11,7 @@ paragraph on stderr and exit with code 2; nothing is written then.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -49,18 +47,8 @@ def _batch(text: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from runtimes.cli import make_parser
+    from runtimes.cli import key_value, make_parser
 
     p = make_parser("export", "Export a DP-SIMS generator for deployment.", __doc__)
     p.add_argument("--checkpoint", help="run folder (its last checkpoint), checkpoint folder or generator .safetensors")
@@ -86,46 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "max_queue_delay_us=)")
     p.add_argument("--dla", type=int, default=None, help="tensorrt: DLA core (Jetson AGX Orin / Orin NX)")
     p.add_argument("--image-output", action="store_true", help="coreml: an RGB image output for apps (batch 1)")
-    p.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", "-o", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="target option, e.g. -o qdq_for=cpu, -o deployment_target=iOS18, -o workspace_gb=4")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtimes._optional import missing_module_message
-    from runtimes.cli import configure_logging
-    from runtimes.errors import RuntimeErrorBase
-    from train.errors import ConfigError, DpSimsError
+    from runtimes.cli import configure_logging, prog_name, run_cli
+    from train.errors import DpSimsError  # torch-free
 
     configure_logging(args.log_level)
-    try:
-        if args.target == "triton":
-            return _triton_repository(args)
-        if args.from_onnx:
-            return _from_onnx(args)
-        if not args.checkpoint:
-            raise ConfigError("--checkpoint is required (or --from model.onnx with --target tensorrt).")
-        from export.api import export_generator
+    return run_cli(prog_name("export"), lambda: _run(args), errors=(DpSimsError,))
 
-        options = dict(args.option)
-        if args.dla is not None:
-            options["dla"] = args.dla
-        if args.image_output:
-            options["image_output"] = True
-        report = export_generator(
-            args.checkpoint, args.target, args.precision or "fp32", calib=args.calib, calib_samples=args.calib_samples,
-            calib_seed=args.calib_seed, size=args.size, batch=args.batch, min_psnr=args.min_psnr, out=args.out,
-            overwrite=args.overwrite, options=options, log=_progress(args.log_level),
-        )
-    except (DpSimsError, RuntimeErrorBase) as e:
-        print(f"python -m export: {e}", file=sys.stderr)
-        return 2
-    except ImportError as e:
-        if (message := missing_module_message(e, "python -m export")) is None:
-            raise
-        print(f"python -m export: {message}", file=sys.stderr)
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    from train.errors import ConfigError
+
+    if args.target == "triton":
+        return _triton_repository(args)
+    if args.from_onnx:
+        return _from_onnx(args)
+    if not args.checkpoint:
+        raise ConfigError("--checkpoint is required (or --from model.onnx with --target tensorrt).")
+    from export.api import export_generator
+
+    options = dict(args.option)
+    if args.dla is not None:
+        options["dla"] = args.dla
+    if args.image_output:
+        options["image_output"] = True
+    report = export_generator(
+        args.checkpoint, args.target, args.precision or "fp32", calib=args.calib, calib_samples=args.calib_samples,
+        calib_seed=args.calib_seed, size=args.size, batch=args.batch, min_psnr=args.min_psnr, out=args.out,
+        overwrite=args.overwrite, options=options, log=_progress(args.log_level),
+    )
     print(report.table())
     for note in report.notes:
         print(f"  {note}")

@@ -24,20 +24,10 @@ import numpy as np
 
 from runtimes import imaging
 from runtimes.backends import BACKENDS, available_libraries
-from runtimes.cli import configure_logging, make_parser
+from runtimes.cli import configure_logging, key_value, make_parser, prog_name, run_cli
 from runtimes.errors import InputError, RuntimeErrorBase
 from runtimes.predictor import load_predictor
 from runtimes.spec import read_manifest
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)  # 2 -> int, true -> bool, "f32" stays a string
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -60,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--grid", action="store_true", help="with --n > 1: one image (label map + variations)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], or the backend's names (GPU, NPU...)")
     gen.add_argument("--resize", action="store_true", help="resize a label map of another size (nearest)")
-    gen.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    gen.add_argument("--option", "-o", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="backend option, e.g. intra_op_num_threads=2 or inference_precision=bf16 (repeatable)")
 
     info = sub.add_parser("info", help="describe an artifact and the inference libraries of this machine")
@@ -152,15 +142,15 @@ def _library_line(lib: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    try:
-        if args.command == "serve":
-            from runtimes.serve import run_from_args
+    return run_cli(prog_name("runtimes"), lambda: _run(args), errors=(OSError,))
 
-            return run_from_args(args)
-        return cmd_generate(args) if args.command == "generate" else cmd_info(args)
-    except (RuntimeErrorBase, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from runtimes.serve import run_from_args
+
+        return run_from_args(args)
+    return cmd_generate(args) if args.command == "generate" else cmd_info(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ with exit code 2. Standard library only (no torch): the runtime CLI runs on devi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -82,6 +83,18 @@ def configure_logging(level: str | int = "INFO") -> None:
                         stream=sys.stderr)
     for name in PACKAGES:
         logging.getLogger(name).setLevel(level)
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """argparse type of ``-o KEY=VALUE`` options: the value read as JSON where it is JSON (2 -> int, true ->
+    bool, [1, 2] -> list), else kept as the string ("f32", "GPU")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def fail(prog: str, message: str) -> int:

@@ -6,15 +6,13 @@ numpy are used here, so that a device that ships `runtimes` alone can read any a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtimes.errors import ManifestError
+from runtimes.files import atomic_write, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "model.json"
@@ -163,14 +161,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_entry(artifact_dir: str | Path, relpath: str) -> FileEntry:
     p = Path(artifact_dir) / relpath
     return FileEntry(path=relpath, sha256=sha256_file(p), bytes=p.stat().st_size)
@@ -218,15 +208,4 @@ def verify_files(manifest: Manifest, artifact_dir: str | Path) -> None:
 def write_manifest(manifest: Manifest, artifact_dir: str | Path) -> Path:
     """Write ``model.json`` atomically (temp file + rename) into ``artifact_dir``."""
     validate_dict(manifest.to_dict())
-    out = Path(artifact_dir) / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=".model.json.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(manifest.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(Path(artifact_dir) / MANIFEST_NAME, manifest.to_json())

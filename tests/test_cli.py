@@ -138,3 +138,14 @@ def test_logging_setup_is_left_to_an_app_that_made_its_own(caplog):
     handlers = list(logging.getLogger().handlers)
     cli.configure_logging("INFO")
     assert logging.getLogger().handlers == handlers
+
+
+def test_key_value_options():
+    import argparse
+
+    assert cli.key_value("n=2") == ("n", 2) and cli.key_value("flag=true") == ("flag", True)
+    assert cli.key_value("precision=f32") == ("precision", "f32") and cli.key_value("a=[1, 2]") == ("a", [1, 2])
+    assert cli.key_value("empty=") == ("empty", "")
+    for bad in ("novalue", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+            cli.key_value(bad)
