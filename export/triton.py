@@ -161,6 +161,9 @@ def export_repository(artifact_dir: str | Path, repo: str | Path, options: dict[
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(artifact_dir / entry.path, dest)
         shutil.copy2(artifact_dir / MANIFEST_NAME, version / MANIFEST_NAME)
+        for extra in ("MODEL_CARD.md",):  # not hashed in model.json; travels with the model when present
+            if (artifact_dir / extra).is_file():
+                shutil.copy2(artifact_dir / extra, version / extra)
         (work / "config.pbtxt").write_text(config)
         if model_dir.exists():
             shutil.rmtree(model_dir)

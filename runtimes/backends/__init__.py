@@ -94,12 +94,23 @@ def _probe_coremltools() -> dict[str, Any]:
             "note": "" if can_predict else "converts models here; prediction needs macOS"}
 
 
+def _probe_pytriton() -> dict[str, Any]:
+    # the version only: importing pytriton loads its server package (slow), and it serves on this machine's CPUs
+    return {"version": metadata.version("nvidia-pytriton"), "devices": [], "note": "python -m runtimes serve"}
+
+
+def _probe_tritonclient() -> dict[str, Any]:
+    return {"version": metadata.version("tritonclient"), "devices": [], "note": "load_predictor('http://...')"}
+
+
 _PROBES = {
     "torch": _probe_torch,
     "onnxruntime": _probe_onnxruntime,
     "openvino": _probe_openvino,
     "tensorrt": _probe_tensorrt,
     "coremltools": _probe_coremltools,
+    "pytriton": _probe_pytriton,
+    "tritonclient": _probe_tritonclient,
 }
 
 
