@@ -655,6 +655,26 @@ def test_pycuda_driver_errors_are_backend_unavailable(fake_bindings):
         open_cuda()
 
 
+def test_tensorrt_8_5_is_refused(monkeypatch):
+    """JetPack 5 (TensorRT 8.5, Python 3.8) is not supported: dp-sims needs Python 3.10 and TensorRT 8.6."""
+    from runtimes.trt_engine import import_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("8.5.3"))
+    with pytest.raises(BackendUnavailable, match="TensorRT 8.5.3 is too old.*8.6.*JetPack 6"):
+        import_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("8.6.2"))
+    assert import_tensorrt().__version__ == "8.6.2"
+
+
+def test_backend_does_not_need_trt_nptype(fake, onnx_fp32, tmp_path):
+    """TensorRT 8.5's trt.nptype used np.bool (gone in numpy 1.24): the backend maps DataType names itself."""
+    artifact = make_artifact(tmp_path / "a", onnx_fp32)
+    trt, dev = fake("8.6.1")
+    del trt.nptype
+    with load_predictor(artifact, cuda_api=FakeCuda(dev)) as predictor:
+        assert predictor.generate(np.zeros(SIZE, dtype=np.int32), seed=0).shape == (*SIZE, 3)
+
+
 def test_missing_tensorrt_names_the_extra(monkeypatch, onnx_fp32, tmp_path):
     artifact = make_artifact(tmp_path / "a", onnx_fp32)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
