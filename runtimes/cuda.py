@@ -32,7 +32,8 @@ NO_GPU_HINT = (
 #: cudaErrorInsufficientDriver: the bindings' CUDA is newer than the driver (on a Jetson: not JetPack's CUDA)
 INSUFFICIENT_DRIVER = 35
 DRIVER_HINT = (
-    "The CUDA bindings were built for a newer CUDA than this driver runs. On a Jetson install the cuda-python of "
+    "The NVIDIA driver is missing, or older than the CUDA the bindings were built for. " + NO_GPU_HINT + " On a "
+    "Jetson install the cuda-python of "
     "the JetPack's CUDA: pip install 'cuda-python==12.2.*' on JetPack 6.0, 'cuda-python==12.6.*' on JetPack 6.1/6.2, "
     "'cuda-python==13.0.*' on JetPack 7 (or pycuda built against /usr/local/cuda); see examples/jetson/README.md."
 )

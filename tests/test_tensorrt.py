@@ -632,6 +632,26 @@ def test_cuda_python_reports_the_driver_error_by_code_and_name(fake_bindings):
         open_cuda(1)
 
 
+def test_the_cudart_fake_has_the_real_bindings_call_shapes():
+    """Where cuda-python is installed (the test environment has cuda-bindings, without a GPU driver), the fake's
+    answers have the real module's shapes: (cudaError_t, value-or-None) tuples, bytes from the error queries."""
+    real = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
+    fake = make_cudart(FakeDevice())
+    used = ["cudaGetDeviceCount", "cudaSetDevice", "cudaGetDeviceProperties", "cudaGetErrorName", "cudaGetErrorString",
+            "cudaMalloc", "cudaFree", "cudaMallocHost", "cudaFreeHost", "cudaStreamCreateWithFlags", "cudaStreamDestroy",
+            "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaStreamNonBlocking", "cudaMemcpyKind", "cudaError_t"]
+    assert all(hasattr(real, name) and hasattr(fake, name) for name in used)
+    err = real.cudaError_t.cudaErrorInsufficientDriver
+    for name in ("cudaGetErrorName", "cudaGetErrorString"):
+        (r_ok, r_text), (f_ok, f_text) = getattr(real, name)(err), getattr(fake, name)(int(err))
+        assert r_ok == real.cudaError_t.cudaSuccess and int(f_ok) == 0 and r_text == f_text
+    r_err, r_count = real.cudaGetDeviceCount()
+    if r_err != real.cudaError_t.cudaSuccess:  # no driver here: the error comes with None, as the fake's
+        assert r_count is None
+    assert int(real.cudaStreamNonBlocking) == fake.cudaStreamNonBlocking
+    assert int(real.cudaMemcpyKind.cudaMemcpyDeviceToHost) == int(fake.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+
+
 def test_cuda_python_errors_name_the_call(fake_bindings):
     from runtimes.cuda import CudaError, open_cuda
 
