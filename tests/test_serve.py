@@ -444,3 +444,31 @@ def test_a_killed_server_process_gives_a_clear_error_mid_loop(artifact):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------------------- the load test
+def test_load_test_refuses_bad_arguments(tmp_path, capsys):
+    from benchmarks.load_test import main as load_test
+
+    for args, message in ((["--model", str(tmp_path)], "no model.json"),
+                          (["--model", "a", "--model", "b", "--requests", "1,2,3"], "one per --model"),
+                          (["--model", "a", "--clients", "0"], "positive integers")):
+        with pytest.raises(SystemExit) as exit_info:
+            load_test(args)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_load_test_runs_end_to_end(artifact, tmp_path):
+    from benchmarks.load_test import main as load_test
+
+    assert load_test(["--model", str(artifact), "--clients", "1,3", "--requests", "4", "--local-batches", "1,4",
+                      "--out", str(tmp_path)]) == 0
+    import json
+
+    result = json.loads((tmp_path / "load_test.json").read_text())["results"][0]
+    served = [r for r in result["rows"] if r["mode"].startswith("served")]
+    assert [r["clients"] for r in served] == [1, 3] and all(r["errors"] == 0 for r in served)
+    assert served[1]["images"] == 12 and served[1]["mean_batch"] >= 1
+    assert "| served (http) | 1 | 3 | 12 |" in (tmp_path / "load_test.md").read_text()
