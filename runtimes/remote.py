@@ -93,13 +93,12 @@ class RemoteBackend(Backend):
         try:
             config = self._call("read the model configuration of", self._model_config)
             manifest = manifest_from_config(config, url)
+            check_config(config, manifest, url)
         except BaseException:
             self.close()
             raise
         super().__init__(Path(self.model), manifest, device="remote")
         self._server_max_batch = int(config.get("max_batch_size", 0) or 0)
-        if self._server_max_batch < 1:
-            raise ManifestError(f"{url}: the model does not batch (max_batch_size 0); the graph contract has a batch dimension.")
 
     # ----------------------------------------------------------------------------------------- protocol
     @property
@@ -212,6 +211,21 @@ def manifest_from_config(config: dict[str, Any], url: str) -> Manifest:
         return Manifest.from_dict(json.loads(text))
     except json.JSONDecodeError as e:
         raise ManifestError(f"{url}: the model's {MANIFEST_PARAMETER!r} parameter is not valid JSON ({e}).") from None
+
+
+def check_config(config: dict[str, Any], manifest: Manifest, url: str) -> None:
+    """The served model batches and its tensors have the dims its manifest states (the graph contract)."""
+    if int(config.get("max_batch_size", 0) or 0) < 1:
+        raise ManifestError(f"{url}: the model does not batch (max_batch_size 0); the graph contract has a batch dimension.")
+    h, w = manifest.input_size
+    want = {INPUT_LABEL: [h, w], INPUT_NOISE: list(manifest.noise_shape), OUTPUT_IMAGE: [3, h, w]}
+    for tensor in [*(config.get("input") or []), *(config.get("output") or [])]:
+        name = tensor.get("name")
+        if name in want and [int(d) for d in tensor.get("dims", [])] != want[name]:
+            raise ManifestError(
+                f"{url}: the model's {name!r} has dims {tensor.get('dims')} (without the batch), its model.json "
+                f"states {want[name]}: the configuration and the manifest describe different models."
+            )
 
 
 class RemotePredictor(Predictor):

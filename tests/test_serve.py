@@ -227,11 +227,19 @@ def test_remote_url_and_server_errors(server):
         assert time.monotonic() - start < 10
 
 
-def test_a_model_without_the_manifest_is_refused(server):
-    from runtimes.remote import manifest_from_config
+def test_a_model_without_the_manifest_or_with_other_dims_is_refused(server, http):
+    from runtimes.remote import check_config, manifest_from_config
 
     with pytest.raises(ManifestError, match="not a dp-sims model"):
         manifest_from_config({"name": "other", "max_batch_size": 4}, "http://x/other")
+    config = http.get_model_config(NAME)
+    manifest = manifest_from_config(config, "u")
+    check_config(config, manifest, "u")
+    config["input"][1]["dims"] = [4, 9]
+    with pytest.raises(ManifestError, match="'noise' has dims"):
+        check_config(config, manifest, "u")
+    with pytest.raises(ManifestError, match="does not batch"):
+        check_config({**config, "max_batch_size": 0}, manifest, "u")
 
 
 # ------------------------------------------------------------------------------------------ bad requests
