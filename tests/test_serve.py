@@ -480,3 +480,26 @@ def test_load_test_runs_end_to_end(artifact, tmp_path):
     assert [r["clients"] for r in served] == [1, 3] and all(r["errors"] == 0 for r in served)
     assert served[1]["images"] == 12 and served[1]["mean_batch"] >= 1
     assert "| served (http) | 1 | 3 | 12 |" in (tmp_path / "load_test.md").read_text()
+
+
+def test_served_model_and_model_repository_state_the_same_model(server, http, artifact, tmp_path):
+    """One client for both: the PyTriton server's configuration and the exported repository's config.pbtxt give
+    the same name, tensors (names, data types, dims), max batch size and manifest."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from export.triton import export_repository
+    from runtimes.remote import manifest_from_config
+
+    export_repository(artifact, tmp_path / "repo", {"name": NAME})
+    exported = text_format.Parse((tmp_path / "repo" / NAME / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    exported = json_format.MessageToDict(exported, preserving_proto_field_name=True)
+    served = http.get_model_config(NAME)
+
+    def tensors(config):
+        return sorted((t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in [*config["input"], *config["output"]])
+
+    assert exported["name"] == served["name"] == NAME
+    assert tensors(exported) == tensors(served)
+    assert int(exported["max_batch_size"]) == served["max_batch_size"]
+    assert manifest_from_config(exported, "repo").to_dict() == manifest_from_config(served, "served").to_dict()
