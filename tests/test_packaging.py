@@ -41,8 +41,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     dist = tmp_path_factory.mktemp("dist")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the build reads the copy, not the checkout
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", dist, src], cwd=src,
-         env={**os.environ, "PIP_NO_INDEX": "1"})
+         env={**env, "PIP_NO_INDEX": "1"})
     (path,) = dist.glob("dp_sims-*.whl")
     return path
 
