@@ -253,7 +253,11 @@ class TritonServer:
         triton, self._triton = self._triton, None
         try:
             if triton is not None:
-                triton.stop()
+                stubs = _backend_stubs(triton)
+                try:
+                    triton.stop()
+                finally:
+                    _kill_leftovers(stubs)
         finally:
             if self._log_dir is not None:
                 shutil.rmtree(self._log_dir, ignore_errors=True)
@@ -299,6 +303,50 @@ class TritonServer:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         return 1 if died else 0
+
+
+STUB = "triton_python_backend_stub"
+
+
+def _backend_stubs(triton: Any) -> list[int]:
+    """Process ids of the Python backend stubs the Triton server process started (Linux /proc). A server that
+    exits on its exit timeout (a client still connected) can leave its stub running, orphaned, ignoring SIGTERM."""
+    try:  # PyTriton keeps the server process here; without it there is nothing to clean
+        server_pid = triton._triton_server._tritonserver_running_cmd.process.pid
+    except AttributeError:
+        return []
+    stubs = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == server_pid and STUB in (entry / "cmdline").read_text(errors="replace"):
+                stubs.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return stubs
+
+
+def _kill_leftovers(pids: list[int], wait_s: float = 2.0) -> None:
+    """SIGKILL the stubs among ``pids`` still running a moment after the server stopped."""
+    import time
+
+    end = time.monotonic() + wait_s
+    alive = list(pids)
+    while alive and time.monotonic() < end:
+        alive = [pid for pid in alive if _is_stub(pid)]
+        if alive:
+            time.sleep(0.1)
+    for pid in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            log.debug("killed the orphaned Python backend stub %d", pid)
+
+
+def _is_stub(pid: int) -> bool:
+    try:
+        return STUB in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _int_at_least(name: str, value: Any, lo: int) -> int:

@@ -70,9 +70,14 @@ def artifact(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(artifact):
+    from runtimes.serve import _backend_stubs, _is_stub
+
     with TritonServer(artifact, name=NAME, host=HOST, http_port=free_port(), grpc_port=free_port(),
                       metrics_port=free_port(), max_queue_delay_us=1000, exit_timeout_s=1) as srv:
+        stubs = _backend_stubs(srv._triton)
+        assert stubs, "the server's Python backend stub was not found"
         yield srv
+    assert not [pid for pid in stubs if _is_stub(pid)], "the Python backend stub outlived the server"
 
 
 @pytest.fixture(scope="module")
