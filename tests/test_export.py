@@ -591,7 +591,7 @@ def test_cli_user_error_exits_2_without_traceback(tmp_path, checkpoint):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("python -m export: ") and "not a readable safetensors file" in last
+    assert last.startswith("python -m export: error: ") and "not a readable safetensors file" in last
     no_leftovers(tmp_path, out)
 
 
@@ -611,7 +611,7 @@ def test_cli_in_process_bad_size_is_one_paragraph(tmp_path, checkpoint, capsys):
     code = main(["--checkpoint", str(checkpoint), "--target", "onnx", "--size", "30x30", "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("python -m export: --size 30x30") and "Traceback" not in "\n".join(err)
+    assert ": error: --size 30x30" in err[-1] and "Traceback" not in "\n".join(err)
     assert list(tmp_path.iterdir()) == []
 
 
