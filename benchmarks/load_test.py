@@ -23,7 +23,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,7 +155,7 @@ def served_rows(server: Server, clients_levels: list[int], requests: int, protoc
             errors: list[str] = []
             barrier = threading.Barrier(clients + 1)
 
-            def client(k: int) -> None:
+            def client(k: int, barrier: threading.Barrier, latencies: list[list[float]], errors: list[str]) -> None:
                 barrier.wait()
                 for i in range(requests):
                     t = time.perf_counter()
@@ -167,7 +166,8 @@ def served_rows(server: Server, clients_levels: list[int], requests: int, protoc
                         continue
                     latencies[k].append(time.perf_counter() - t)
 
-            threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+            threads = [threading.Thread(target=client, args=(k, barrier, latencies, errors), daemon=True)
+                       for k in range(clients)]
             for thread in threads:
                 thread.start()
             barrier.wait()

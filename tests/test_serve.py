@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_artifacts import build_artifact, random_label_map, tiny_classes, tiny_generator
+
 from runtimes import InputError, ManifestError, load_predictor
 
 pytest.importorskip("pytriton", reason="needs the serve extra: pip install 'dp-sims[serve]'")
@@ -338,7 +338,7 @@ class Relay:
         while not self.stopped.is_set():
             try:
                 data = src.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_artifacts import build_artifact, random_label_map, tiny_classes, tiny_generator
+
 from runtimes import InputError, load_predictor, read_manifest
 
 pytest.importorskip("tritonclient.grpc", reason="needs the serve extra: pip install 'dp-sims[serve]'")
