@@ -90,7 +90,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {}
-    if args.model:
+    if args.model and "://" in args.model:  # a served model (http://, grpc://): what its server and manifest say
+        with load_predictor(args.model, device=args.device) as predictor:
+            served = predictor.info()
+        report["backend"] = served.pop("backend")
+        report["artifact"] = served
+    elif args.model:
         manifest = read_manifest(args.model)
         report["artifact"] = {
             "path": str(Path(args.model)),

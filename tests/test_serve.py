@@ -508,3 +508,27 @@ def test_served_model_and_model_repository_state_the_same_model(server, http, ar
     assert tensors(exported) == tensors(served)
     assert int(exported["max_batch_size"]) == served["max_batch_size"]
     assert manifest_from_config(exported, "repo").to_dict() == manifest_from_config(served, "served").to_dict()
+
+
+def test_generate_command_takes_a_served_model(server, local, tmp_path, capsys):
+    from PIL import Image
+
+    from runtimes.__main__ import main as runtimes_main
+
+    label = random_label_map(np.random.default_rng(8), None).astype(np.int32)
+    np.save(tmp_path / "map.npy", label)
+    assert runtimes_main(["generate", "--model", urls(server)["grpc"], "--label", str(tmp_path / "map.npy"),
+                          "--seed", "4", "--out", str(tmp_path / "out.png")]) == 0
+    assert "openvino fp32, seed 4" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png").convert("RGB")), local.generate(label, seed=4))
+
+
+def test_info_command_describes_a_served_model(server, capsys):
+    import json
+
+    from runtimes.__main__ import main as runtimes_main
+
+    assert runtimes_main(["info", "--model", urls(server)["http"], "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["artifact"]["artifact"] == urls(server)["http"] and report["artifact"]["input_size"] == [32, 32]
+    assert report["backend"]["url"] == urls(server)["http"] and report["backend"]["server_max_batch"] == 4
