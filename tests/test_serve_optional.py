@@ -43,3 +43,22 @@ def test_serve_command_names_the_extra_without_pytriton(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "pip install 'dp-sims[serve]'" in result.stderr
+
+
+def test_server_environment_puts_this_interpreters_libpython_first(monkeypatch):
+    """The Triton server (and its Python backend stub) must load this interpreter's libpython, not the system's
+    of the same version: LIBDIR leads LD_LIBRARY_PATH while the server starts; the process's own is restored."""
+    import os
+    import sysconfig
+
+    from runtimes.serve import _python_library_path
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/other/lib")
+    with _python_library_path():
+        assert os.environ["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/other/lib"]
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/other/lib"
+    monkeypatch.delenv("LD_LIBRARY_PATH")
+    with _python_library_path():
+        assert os.environ["LD_LIBRARY_PATH"] == libdir
+    assert "LD_LIBRARY_PATH" not in os.environ
