@@ -321,6 +321,20 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
     return made
 
 
+def timing_row(model: str, backend: str, batch: int, timing: dict[str, float], flops: float, peak: float | None,
+               device: str, **extra: Any) -> dict[str, Any]:
+    """One results row: the timing, throughput, achieved GFLOP/s (and share of ``peak``), process memory, GPU
+    allocator peak, and ``extra`` columns (PSNRs, artifact bytes)."""
+    per_image_s = timing["median_ms"] / 1000 / batch
+    row = {"model": model, "backend": backend, "batch": batch, **{k: round(v, 3) for k, v in timing.items()},
+           "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
+           "achieved_gflops": round(flops / per_image_s, 1), "rss_mib": round(rss_mib(), 1), **extra,
+           **gpu_peak_mib(device)}
+    if peak:
+        row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
+    return row
+
+
 def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
     from runtimes import load_predictor
 
@@ -337,14 +351,8 @@ def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[
             timing = time_calls(lambda a=label_np, b=noise_np: fn_for_batch(a, b), args.runs, args.warmup)
             output = np.asarray(fn_for_batch(label_np, noise_np), dtype=np.float32)
             references.setdefault(batch, output)
-            per_image_s = timing["median_ms"] / 1000 / batch
-            row = {"model": name, "backend": label, "batch": batch, **{k: round(v, 3) for k, v in timing.items()},
-                   "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
-                   "achieved_gflops": round(flops / per_image_s, 1), "rss_mib": round(rss_mib(), 1),
-                   "psnr_vs_fp32_db": psnr, "psnr_vs_eager_db": psnr_db(references[batch], output),
-                   "bytes": size_bytes, **gpu_peak_mib(args.device)}
-            if peak:
-                row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
+            row = timing_row(name, label, batch, timing, flops, peak, args.device, psnr_vs_fp32_db=psnr,
+                             psnr_vs_eager_db=psnr_db(references[batch], output), bytes=size_bytes)
             rows.append(row)
             log(f"[bench] {name:>28} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms  "
                 f"p90 {timing['p90_ms']:8.2f} ms  {row['images_per_s']:8.2f} img/s")
@@ -452,9 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--size", type=lambda s: [int(v) for v in s.lower().split("x")] * (1 if "x" in s else 2), default=None,
                         help="HxW (default: the model's training size)")
-    parser.add_argument("--artifacts", default=",".join(DEFAULT_ARTIFACTS), help="target:precision list")
+    parser.add_argument("--artifacts", type=_artifact_list, default=list(DEFAULT_ARTIFACTS),
+                        help="target:precision list (default " + ",".join(DEFAULT_ARTIFACTS) + ")")
     parser.add_argument("--peer", action="append", default=[], help="module:factory of a peer generator")
-    parser.add_argument("--batches", default="1", help="comma list of batch sizes (default 1)")
+    parser.add_argument("--batches", type=_batch_list, default=[1], help="comma list of batch sizes (default 1)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calib-samples", type=int, default=32)
@@ -467,15 +476,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    args.artifacts = [a for a in args.artifacts.split(",") if a]
-    for spec in args.artifacts:
-        target, _, precision = spec.partition(":")
-        if target not in ("torch", "onnx", "openvino", "tensorrt", "coreml") or not precision:
-            parser.error(f"--artifacts takes target:precision items (torch, onnx, openvino, tensorrt, coreml), got {spec!r}.")
-    try:
-        args.batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        parser.error(f"--batches takes batch sizes separated by commas, e.g. 1,8; got {args.batches!r}.")
     if min(args.batches) < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--batches must be >= 1, --runs >= 1 and --warmup >= 0.")
     if args.device == "cuda":
@@ -484,15 +484,34 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             parser.error("--device cuda needs a CUDA GPU and a CUDA build of torch (torch.cuda.is_available() is "
                          "False here); run without --device for the CPU backends.")
-        args.artifacts = [a for a in args.artifacts if not a.startswith("openvino")]
-        if importlib.util.find_spec("tensorrt") is not None and "tensorrt:int8" not in args.artifacts:
-            args.artifacts.append("tensorrt:int8")
+        artifacts = [a for a in args.artifacts if not a.startswith("openvino")]
+        if importlib.util.find_spec("tensorrt") is not None and "tensorrt:int8" not in artifacts:
+            artifacts.append("tensorrt:int8")
+        args = argparse.Namespace(**{**vars(args), "artifacts": artifacts})
 
     sys.path.insert(0, str(ROOT))
     from runtimes.cli import prog_name, run_cli
     from train.errors import DpSimsError
 
     return run_cli(prog_name("benchmarks.run"), lambda: _run(args), errors=(DpSimsError,))
+
+
+def _artifact_list(text: str) -> list[str]:
+    specs = [a for a in text.split(",") if a]
+    for spec in specs:
+        target, _, precision = spec.partition(":")
+        if target not in ("torch", "onnx", "openvino", "tensorrt", "coreml") or not precision:
+            raise argparse.ArgumentTypeError(
+                f"--artifacts takes target:precision items (torch, onnx, openvino, tensorrt, coreml), got {spec!r}.")
+    return specs
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--batches takes batch sizes separated by commas, e.g. 1,8; got {text!r}.") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -563,13 +582,8 @@ def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[s
                 reset_gpu_peak(args.device)
                 with torch.no_grad():
                     timing = time_calls(lambda f=fn, a=label_np, b=noise_np: f(a, b), args.runs, args.warmup)
-                per_image_s = timing["median_ms"] / 1000 / batch
-                rows.append({"model": f"peer {name}", "backend": label, "batch": batch,
-                             **{k: round(v, 3) for k, v in timing.items()}, "images_per_s": round(1 / per_image_s, 2),
-                             "gflop_per_image": round(flops, 2), "achieved_gflops": round(flops / per_image_s, 1),
-                             "rss_mib": round(rss_mib(), 1), "psnr_vs_fp32_db": None, "bytes": None,
-                             **gpu_peak_mib(args.device),
-                             **({"fraction_of_peak": round(flops / per_image_s / peak, 4)} if peak else {})})
+                rows.append(timing_row(f"peer {name}", label, batch, timing, flops, peak, args.device,
+                                       psnr_vs_fp32_db=None, bytes=None))
                 log(f"[bench] peer {name:>23} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms")
     return rows
 

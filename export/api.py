@@ -174,6 +174,9 @@ def export_generator(
 ) -> ExportReport:
     """Export the EMA generator of ``checkpoint`` (a run folder, checkpoint folder or generator file).
 
+    About 85 lines by design: the export's steps (check options, load, calibrate, convert, gate, write the
+    manifest and model card) in the order they run, each a call into its own module.
+
     ``calib``: 'synthetic', a folder of label maps, or a dataset config; default: 'synthetic' for models trained
     on the synthetic scenes; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when
     the checkpoint sits in a run folder, else ``calib`` is required; random block maps for the FP32/FP16 check. Returns an :class:`ExportReport`; raises a :class:`DpSimsError` subclass (or

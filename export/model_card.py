@@ -92,7 +92,9 @@ def read_run(run_config: Path | None) -> tuple[dict[str, Any], dict[str, Any] | 
 
 def model_card(manifest: Manifest, *, run_name: str, run_config: dict[str, Any] | None = None,
                last_eval: dict[str, Any] | None = None, parameters: int | None = None) -> str:
-    """The text of ``MODEL_CARD.md`` for ``manifest``."""
+    """The text of ``MODEL_CARD.md`` for ``manifest``.
+
+    Long by design: it is the card's template, section after section, read top to bottom like the card it writes."""
     run_config = run_config or {}
     trained = manifest.trained_on or {}
     dataset = str(trained.get("dataset") or (run_config.get("data") or {}).get("dataset") or "unknown")

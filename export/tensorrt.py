@@ -133,7 +133,8 @@ def build_here(out_dir: Path, plan: dict[str, Any], input_size, noise_shape) -> 
 
 
 def check_qdq_for_tensorrt(onnx_path: Path) -> list[str]:
-    """Refuse (EngineBuildError, with the reason) a Q/DQ ONNX TensorRT would not build as int8:
+    """Refuse (EngineBuildError, with the reason) a Q/DQ ONNX TensorRT would not build as int8 (one pass over the
+    graph, one rule per paragraph below, hence its length):
 
     - an opset below 13 (no per-channel axis);
     - a zero point that is not int8 0, or a QuantizeLinear without one (it then quantizes to uint8);

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.base import staged_dir
 from runtimes.errors import InputError
 from runtimes.serve import MANIFEST_PARAMETER, check_model_name, model_name
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, MANIFEST_NAME, OUTPUT_IMAGE, Manifest, read_manifest
@@ -150,10 +151,7 @@ def export_repository(artifact_dir: str | Path, repo: str | Path, options: dict[
         raise InputError(f"{model_dir} exists and is not empty; choose another --out or -o name, or pass --overwrite.")
     if model_dir.resolve() == artifact_dir.resolve() or artifact_dir.resolve().is_relative_to(model_dir.resolve()):
         raise InputError(f"--out {repo} would overwrite the artifact {artifact_dir} itself; choose another folder.")
-    repo.mkdir(parents=True, exist_ok=True)
-    work = repo / f".{name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with staged_dir(model_dir) as work:  # a failure leaves the repository as it was
         version = work / VERSION
         version.mkdir(parents=True)
         for entry in manifest.files:
@@ -165,12 +163,6 @@ def export_repository(artifact_dir: str | Path, repo: str | Path, options: dict[
             if (artifact_dir / extra).is_file():
                 shutil.copy2(artifact_dir / extra, version / extra)
         (work / "config.pbtxt").write_text(config)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        work.rename(model_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     notes = [f"model {name!r}: {manifest.target} {manifest.precision}, max_batch_size {manifest.batch['max']}, "
              f"instance group KIND_{kind.upper()} x{instances}"]
     if manifest.target == "tensorrt":

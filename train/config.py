@@ -149,6 +149,9 @@ class TrainConfig:
     ckpt_every: int = 5000
     eval_every: int = 5000
     keep_checkpoints: int = 3
+    tensorboard: bool = True
+    """Also write the logged scalars and sample grids to RUN/tensorboard when the tensorboard package is installed
+    (the [train] extra installs it); metrics.jsonl is written either way."""
     max_minutes: float = 0.0
     """Stop (with a checkpoint) after this many minutes of training; 0 means no limit."""
 

