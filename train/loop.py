@@ -317,10 +317,9 @@ class Trainer:
             )
         loss_div, ratio = real.new_zeros(()), real.new_zeros(())
         if k:
-            a, b = fakes[:k].float(), fakes[n:].float()
-            loss_div = losses.diversity_loss(a, b, z1[:k], z2, lc.diversity_tau)
-            with torch.no_grad():  # logged: the term is capped at diversity_tau (it binds when ratio >= tau)
-                ratio = losses.diversity_ratio(a, b, z1[:k], z2).mean()
+            per_sample = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2)
+            loss_div = losses.capped_diversity(per_sample, lc.diversity_tau)
+            ratio = per_sample.detach().mean()  # logged: the term is capped at diversity_tau (binds when ratio >= tau)
         loss = loss_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
         terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div,
                  "diversity_ratio": ratio}

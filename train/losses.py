@@ -118,7 +118,12 @@ def diversity_loss(
     value range for two typical noise draws); past it the term stops pushing images apart. Being bounded, it
     also does not explode while the noise has no effect yet, as the 1 / ratio form does at initialisation.
     """
-    return -diversity_ratio(img_a, img_b, noise_a, noise_b).clamp(max=tau).mean()
+    return capped_diversity(diversity_ratio(img_a, img_b, noise_a, noise_b), tau)
+
+
+def capped_diversity(ratio: torch.Tensor, tau: float) -> torch.Tensor:
+    """The diversity loss of per-sample :func:`diversity_ratio` values: ``-mean(min(ratio, tau))``."""
+    return -ratio.clamp(max=tau).mean()
 
 
 def discriminator_loss(

@@ -130,8 +130,10 @@ def load_into(model: torch.nn.Module, weights: str) -> torch.nn.Module:
     import timm
 
     spec = lookup(weights)
-    mapped = timm_state_dict(weights, timm.create_model(spec.timm_model, pretrained=False))
     own = model.state_dict()
+    # the whole classifier is its own key template; a features_only network needs the classifier's order
+    whole = len(own) == spec.tensors
+    mapped = timm_state_dict(weights, model if whole else timm.create_model(spec.timm_model, pretrained=False))
     missing = [k for k in own if k not in mapped or tuple(mapped[k].shape) != tuple(own[k].shape)]
     if missing:
         raise ConfigError(
