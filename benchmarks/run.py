@@ -231,7 +231,7 @@ def load_model(args: argparse.Namespace):
             check_size(args.size, generator.stride)
         return Path(args.checkpoint).name, generator, info
     cfg = load_config(args.preset, ([] if "synthetic" in args.preset else ["data.root=."]) + args.set)  # data is not read
-    num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset == "synthetic" else 151)
+    num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset.startswith("synthetic") else 151)
     torch.manual_seed(0)
     generator = Generator(num_classes, cfg.model.generator)
     if args.size is not None:
@@ -304,7 +304,7 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
     from train.errors import DpSimsError
 
     ckpt = save_generator(out / "checkpoints" / f"{_slug(name)}.safetensors", generator, info)
-    calib = "synthetic" if info.dataset == "synthetic" else "blocks"
+    calib = info.dataset if info.dataset.startswith("synthetic") else "blocks"
     made = {}
     for spec in specs:
         target, precision = spec.split(":")

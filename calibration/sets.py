@@ -3,8 +3,9 @@
 Every quantizer (ONNX Runtime, NNCF, ModelOpt, TensorRT, coremltools) and every quality report reads the same
 :class:`CalibrationSet`, so the numbers in two manifests are comparable. Sources:
 
-- ``synthetic``: the built-in procedural scenes (the model's class count, the artifact's size); the only source on
-  which label consistency can be measured without a segmentation network;
+- ``synthetic`` / ``synthetic-photo``: the built-in scenes (the model's class count, the artifact's size; the two
+  draw the same layouts and differ in how they are painted, which is what label consistency reads); the only
+  sources on which label consistency can be measured without a segmentation network;
 - a folder of label-map PNGs (palette/grey ids, or RGB class colours mapped through the model's palette) or
   ``.npy`` arrays, resized with nearest-neighbour to the artifact's size;
 - ``blocks``: random rectangles of every class (quality checks of models with no calibration data given);
@@ -28,6 +29,8 @@ from train.errors import DataError
 
 #: a source value that means the built-in procedural scenes
 SYNTHETIC = "synthetic"
+#: the same layouts, scored by the classifier of the photographic scenes (models trained on ``synthetic-photo``)
+SYNTHETIC_PHOTO = "synthetic-photo"
 #: a source value that means random block layouts (any class count; for quality checks, not for calibration)
 BLOCKS = "blocks"
 #: seed of the calibration scenes: not a training seed, so calibration maps are not training maps
@@ -104,9 +107,9 @@ def load_calibration_set(
         raise DataError(f"--calib-samples must be at least 1, got {samples}.")
     size = (int(input_size[0]), int(input_size[1]))
     text = str(source)
-    if text == SYNTHETIC:
-        labels, scenes = _synthetic(num_classes, size, samples, seed)
-        return CalibrationSet(labels, draw_noise(samples, noise_shape, seed), SYNTHETIC, seed, scenes)
+    if text in (SYNTHETIC, SYNTHETIC_PHOTO):
+        labels, scenes = _synthetic(text, num_classes, size, samples, seed)
+        return CalibrationSet(labels, draw_noise(samples, noise_shape, seed), text, seed, scenes)
     if text == BLOCKS:
         return CalibrationSet(_blocks(num_classes, size, samples, seed), draw_noise(samples, noise_shape, seed), BLOCKS, seed)
     path = Path(text)
@@ -117,11 +120,11 @@ def load_calibration_set(
     return CalibrationSet(labels, draw_noise(len(labels), noise_shape, seed), f"dataset:{text}", seed)
 
 
-def _synthetic(num_classes: int, size: tuple[int, int], samples: int, seed: int):
-    from train.data.synthetic import SyntheticScenes
+def _synthetic(dataset: str, num_classes: int, size: tuple[int, int], samples: int, seed: int):
+    from train.data import scenes_of
 
     try:
-        scenes = SyntheticScenes(num_classes, size, seed)
+        scenes = scenes_of(dataset, num_classes, size, seed)
     except ValueError as e:
         raise DataError(f"Synthetic calibration maps cannot be drawn for this model: {e} Give --calib a folder "
                         "of label maps or a dataset config instead.") from None

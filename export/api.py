@@ -177,8 +177,8 @@ def export_generator(
     About 85 lines by design: the export's steps (check options, load, calibrate, convert, gate, write the
     manifest and model card) in the order they run, each a call into its own module.
 
-    ``calib``: 'synthetic', a folder of label maps, or a dataset config; default: 'synthetic' for models trained
-    on the synthetic scenes; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when
+    ``calib``: 'synthetic', 'synthetic-photo', a folder of label maps, or a dataset config; default: the
+    built-in scenes a model was trained on; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when
     the checkpoint sits in a run folder, else ``calib`` is required; random block maps for the FP32/FP16 check. Returns an :class:`ExportReport`; raises a :class:`DpSimsError` subclass (or
     :class:`runtimes.errors.BackendUnavailable` for a missing library) and leaves nothing behind on failure."""
     started = time.perf_counter()
@@ -189,7 +189,7 @@ def export_generator(
     batch = _check_batch(batch)
 
     from calibration import load_calibration_set
-    from calibration.sets import BLOCKS, DEFAULT_SEED, SYNTHETIC
+    from calibration.sets import BLOCKS, DEFAULT_SEED, SYNTHETIC, SYNTHETIC_PHOTO
     from train.checkpoint import load_generator, resolve_generator_file
 
     source_file = resolve_generator_file(checkpoint)
@@ -201,18 +201,19 @@ def export_generator(
     noise_shape = tuple(int(v) for v in generator.noise_shape)
 
     if calib is None:
-        run_config = run_config_of(source_file) if info.dataset != "synthetic" else None
+        builtin = info.dataset in (SYNTHETIC, SYNTHETIC_PHOTO)
+        run_config = run_config_of(source_file) if not builtin else None
         if precision in ("int8", "w8a8") and run_config is not None:
             calib = run_config  # its data.root: the dataset the generator was trained on
             log(f"[export] calibration maps from the run's own dataset ({run_config}; --calib to choose others)")
-        elif precision in ("int8", "w8a8") and info.dataset != "synthetic":
+        elif precision in ("int8", "w8a8") and not builtin:
             raise ConfigError(
                 f"INT8 calibration needs label maps like the ones the generator will see ({info.dataset or 'its dataset'}): "
                 "give --calib RUN/config.yaml (the training run's config, which names its data.root), another "
                 "YAML config whose data.root points at the dataset, or a folder of label PNGs."
             )
         else:
-            calib = SYNTHETIC if info.dataset == "synthetic" else BLOCKS
+            calib = info.dataset if builtin else BLOCKS
     samples = calib_samples if precision in ("int8", "w8a8") else min(calib_samples, 16)
     calib_set = load_calibration_set(calib, info.num_classes, input_size, noise_shape, samples,
                                      DEFAULT_SEED if calib_seed is None else calib_seed, info.palette, info.ignore_id)

@@ -47,6 +47,7 @@ def test_a_cityscapes_artifact_inherits_the_non_commercial_terms():
     ("ade20k", ["BSD 3-Clause", "SUN and Places", "owners' copyright"]),
     ("coco-stuff", ["Creative Commons Attribution 4.0", "Flickr", "non-commercial"]),
     ("synthetic", ["no licence constraints", "procedural"]),
+    ("synthetic-photo", ["skimage.data", "public domain", "CC0"]),
     ("folder", ["not known to dp-sims"]),
     ("mystery", ["Unknown to dp-sims"]),
 ])

@@ -80,16 +80,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "ade20k", "coco-stuff", "cityscapes", "folder"] = "synthetic"
+    dataset: Literal["synthetic", "synthetic-photo", "ade20k", "coco-stuff", "cityscapes", "folder"] = "synthetic"
     root: str | None = None
-    """Dataset folder (not used by ``synthetic``)."""
+    """Dataset folder (not used by ``synthetic`` and ``synthetic-photo``, the built-in scenes)."""
     image_size: list[int] = field(default_factory=lambda: [256, 256])
     """[H, W] fed to the networks; must be a multiple of the generator's total stride."""
     load_size: list[int] | None = None
     """Resize to this [H, W] before a random crop of ``image_size``; None resizes straight to ``image_size``."""
     flip: bool = True
     num_classes: int = 8
-    """Only for ``synthetic``: the number of procedural classes (real datasets define their own)."""
+    """Only for the built-in scenes: the number of classes, up to 64 (``synthetic``) or 8 (``synthetic-photo``);
+    real datasets define their own."""
     synthetic_length: int = 100_000
     """Only for ``synthetic``: the virtual size of the training split."""
     val_length: int = 64
@@ -347,7 +348,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.betas must be two Adam betas in [0, 1), e.g. [0.0, 0.999]; got {t.betas}.")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
         raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {t.device!r}.")
-    if cfg.data.dataset != "synthetic" and not cfg.data.root:
+    if not cfg.data.dataset.startswith("synthetic") and not cfg.data.root:
         raise ConfigError(
             f"data.root is required for dataset '{cfg.data.dataset}': pass --set data.root=/path/to/{cfg.data.dataset}."
         )

@@ -2,7 +2,11 @@
 folder layouts, all yielding ``(image float32 [3, H, W] in [-1, 1], label int64 [H, W])`` in the model's
 contiguous class numbering.
 
-Modules: ``synthetic`` (scenes + fixed classifier, numpy), ``catalog`` (class lists, ``classes/*.json``),
+Built-in scenes (no files): ``synthetic``, procedural textures (:mod:`train.data.synthetic`), and
+``synthetic-photo``, the same layouts painted with textures cut from photographs (:mod:`train.data.photo`).
+
+Modules: ``synthetic`` (scenes + fixed classifier, numpy), ``photo`` (photographic textures + fitted
+classifier, numpy and scikit-image's photographs), ``catalog`` (class lists, ``classes/*.json``),
 ``sources`` (folder layouts and label reading), ``transforms`` (resize/crop/flip), ``visualize`` (colourised
 labels, PNG grids), ``datasets`` (the torch Datasets; torch is imported only by :func:`build_dataset`).
 """
@@ -20,9 +24,23 @@ if TYPE_CHECKING:
     from train.config import DataConfig
     from train.data.datasets import LabeledImages
 
-__all__ = ["DATASETS", "SyntheticScenes", "build_dataset", "synthetic_seed"]
+__all__ = ["BUILTIN_SCENES", "DATASETS", "SyntheticScenes", "build_dataset", "scenes_of", "synthetic_seed"]
 
-DATASETS = ("synthetic", "ade20k", "coco-stuff", "cityscapes", "folder")
+DATASETS = ("synthetic", "synthetic-photo", "ade20k", "coco-stuff", "cityscapes", "folder")
+#: the datasets drawn by the package itself (no files), each with a classifier for label consistency
+BUILTIN_SCENES = ("synthetic", "synthetic-photo")
+
+
+def scenes_of(dataset: str, num_classes: int, size: tuple[int, int], seed: int) -> SyntheticScenes:
+    """The scenes of a built-in dataset (:data:`BUILTIN_SCENES`): :class:`SyntheticScenes` or
+    :class:`train.data.photo.PhotoScenes` (which needs the ``[photo]`` extra)."""
+    if dataset == "synthetic":
+        return SyntheticScenes(num_classes, size, seed)
+    if dataset == "synthetic-photo":
+        from train.data.photo import PhotoScenes
+
+        return PhotoScenes(num_classes, size, seed)
+    raise DataError(f"{dataset!r} is not a built-in dataset; those are {', '.join(BUILTIN_SCENES)}.")
 
 
 def synthetic_seed(seed: int, split: str) -> int:
@@ -47,9 +65,12 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> LabeledImages:
     if cfg.dataset not in DATASETS:
         raise DataError(f"Unknown dataset {cfg.dataset!r}; known: {', '.join(DATASETS)}.")
     size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
-    if cfg.dataset == "synthetic":
-        scenes = SyntheticScenes(cfg.num_classes, size, synthetic_seed(cfg.seed, split))
-        return SyntheticDataset(scenes, cfg.synthetic_length if split == "train" else cfg.val_length)
+    if cfg.dataset in BUILTIN_SCENES:
+        try:
+            scenes = scenes_of(cfg.dataset, cfg.num_classes, size, synthetic_seed(cfg.seed, split))
+        except ValueError as e:
+            raise DataError(f"data: {e}") from None
+        return SyntheticDataset(scenes, cfg.synthetic_length if split == "train" else cfg.val_length, cfg.dataset)
 
     from train.data.sources import open_source
     from train.data.transforms import PairTransform

@@ -38,12 +38,12 @@ class SyntheticDataset(LabeledImages):
     """``length`` procedural scenes rendered on the fly at the scenes' size (no augmentation: data is unlimited,
     and the classifier that scores label consistency expects the textures in their painted orientation)."""
 
-    def __init__(self, scenes: SyntheticScenes, length: int):
+    def __init__(self, scenes: SyntheticScenes, length: int, name: str = "synthetic"):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}.")
         self.scenes = scenes
         self.length = length
-        self.name = "synthetic"
+        self.name = name
         self.class_names = list(scenes.class_names)
         self.palette = [list(c) for c in scenes.palette]
         self.ignore_id = None
