@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.predictor_memory import current_rss_mib as rss_mib
+from runtimes.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = ["torch:fp32", "onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8"]
@@ -500,9 +501,9 @@ def _artifact_list(text: str) -> list[str]:
     specs = [a for a in text.split(",") if a]
     for spec in specs:
         target, _, precision = spec.partition(":")
-        if target not in ("torch", "onnx", "openvino", "tensorrt", "coreml") or not precision:
+        if target not in TARGETS or not precision:
             raise argparse.ArgumentTypeError(
-                f"--artifacts takes target:precision items (torch, onnx, openvino, tensorrt, coreml), got {spec!r}.")
+                f"--artifacts takes target:precision items ({', '.join(TARGETS)}), got {spec!r}.")
     return specs
 
 

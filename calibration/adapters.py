@@ -26,7 +26,7 @@ def ort_reader(data: CalibrationSet, batch_size: int = 1) -> Any:
     """A fresh ``CalibrationDataReader`` over ``data`` (rewindable: ONNX Runtime may read it more than once)."""
     quantization = require("onnxruntime.quantization", "onnx", "onnxruntime")
 
-    from calibration.progress import bar
+    from runtimes.progress import bar
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:

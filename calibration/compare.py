@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from calibration.progress import progress
 from calibration.sets import CalibrationSet
+from runtimes.progress import progress
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 

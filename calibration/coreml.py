@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calibration.progress import progress
 from calibration.sets import CalibrationSet
+from runtimes.progress import progress
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 
 if TYPE_CHECKING:

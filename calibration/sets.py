@@ -146,7 +146,7 @@ def _folder(path: Path, num_classes: int, size, samples: int, palette, ignore_id
     if not files:
         raise DataError(f"{path} holds no label maps (*.png or *.npy). Give a folder of label-map PNGs, a dataset "
                         "preset such as ade20k-256, or 'synthetic'.")
-    from calibration.progress import progress
+    from runtimes.progress import progress
 
     maps = []
     for file in progress(files[:samples], f"calibration maps from {path}", unit="map"):
@@ -184,7 +184,7 @@ def _dataset(spec: str, num_classes: int, size, samples: int) -> np.ndarray:
         raise DataError(f"--calib {spec} has {dataset.num_classes} classes, the generator {num_classes}: calibrate on "
                         "label maps of the dataset the generator was trained on.")
     count = min(samples, len(dataset))
-    from calibration.progress import progress
+    from runtimes.progress import progress
 
     maps = [resize_nearest(np.asarray(dataset[i][1]), size)
             for i in progress(range(count), f"calibration maps from {spec}", unit="map")]

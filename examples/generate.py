@@ -7,9 +7,12 @@ import sys
 
 import numpy as np
 
+import runtimes
 from runtimes import imaging, load_predictor
 from runtimes.errors import RuntimeErrorBase
 
+if sys.argv[1:] == ["--version"]:
+    sys.exit(f"dp-sims {runtimes.__version__}")
 if len(sys.argv) != 4:
     sys.exit(__doc__)
 artifact, label_png, out_png = sys.argv[1:4]

@@ -49,11 +49,12 @@ def _batch(text: str) -> tuple[int, int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from runtimes.cli import key_value, make_parser
+    from runtimes.targets import TARGETS
 
     p = make_parser("export", "Export a DP-SIMS generator for deployment.", __doc__)
     p.add_argument("--checkpoint", help="run folder (its last checkpoint), checkpoint folder or generator .safetensors")
-    p.add_argument("--target", required=True, choices=["onnx", "openvino", "tensorrt", "coreml", "torch", "triton"],
-                   help="triton: a Triton Inference Server model repository from the artifact --from DIR (export/triton.py)")
+    p.add_argument("--target", required=True, choices=[*TARGETS, "triton"],
+                   help="; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()) + "; triton: a Triton Inference Server model repository from the artifact --from DIR (export/triton.py)")
     p.add_argument("--precision", default=None,
                    help="fp32, fp16, int8 (coreml: int8 = int8 weights, w8a8 = int8 weights+activations; torch: bf16). "
                         "Default: fp32, or for --from the ONNX's own precision")
@@ -142,14 +143,13 @@ def _from_onnx(args: argparse.Namespace) -> int:
         raise ConfigError("--from builds TensorRT engines; use it with --target tensorrt.")
     if not args.out:
         raise ConfigError("--from needs --out DIR (the TensorRT artifact folder; the source folder itself rebuilds in place).")
-    from export.api import TARGET_OPTIONS
-    from export.tensorrt import export_from_onnx
+    from export.tensorrt import OPTIONS, export_from_onnx
 
     options = dict(args.option)
     unknown = sorted(set(options) - {"workspace_gb"})
     if unknown:
         raise ConfigError(f"--from takes -o workspace_gb=N only, not {', '.join(unknown)}.")
-    workspace_gb = TARGET_OPTIONS["tensorrt"]["workspace_gb"]("workspace_gb", options.get("workspace_gb", 2.0))
+    workspace_gb = OPTIONS["workspace_gb"]("workspace_gb", options.get("workspace_gb", 2.0))
     result = export_from_onnx(args.from_onnx, args.out, args.precision,
                               args.batch if args.batch != (1, 1, 16) else None, args.dla,
                               workspace_gb=workspace_gb, overwrite=args.overwrite)

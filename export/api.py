@@ -20,32 +20,9 @@ from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
 from export.model_card import write_model_card
 from runtimes._optional import require
 from runtimes.spec import ClassInfo, Manifest, file_entry, write_manifest
+from runtimes.targets import TARGETS
 from train.errors import ConfigError, DpSimsError
 
-TARGET_MODULES = {
-    "onnx": "export.onnx",
-    "openvino": "export.openvino",
-    "tensorrt": "export.tensorrt",
-    "coreml": "export.coreml",
-    "torch": "export.torch_program",
-}
-TARGET_PRECISIONS = {
-    "onnx": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-    "coreml": ("fp32", "fp16", "int8w", "w8a8"),
-    "torch": ("fp32", "fp16", "bf16"),
-}
-#: for coreml, "int8" means int8 weights (activation quantization is "w8a8")
-PRECISION_ALIASES = {("coreml", "int8"): "int8w"}
-#: python modules each target needs here, with the pip extra that installs them
-TARGET_NEEDS = {
-    "onnx": [("onnx", "onnx"), ("onnxruntime", "onnx")],
-    "openvino": [("onnx", "onnx"), ("openvino", "openvino")],
-    "tensorrt": [("onnx", "onnx"), ("onnxruntime", "onnx")],
-    "coreml": [("coremltools", "coreml")],
-    "torch": [],
-}
 VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "dp-sims")
 
 
@@ -75,60 +52,24 @@ class ExportReport:
 
 
 def normalize_precision(target: str, precision: str) -> str:
-    if target not in TARGET_MODULES:
-        raise ConfigError(f"Unknown target {target!r}; choose one of {', '.join(TARGET_MODULES)}.")
-    precision = PRECISION_ALIASES.get((target, precision), precision)
-    if precision not in TARGET_PRECISIONS[target]:
-        raise ConfigError(f"The {target} target exports {', '.join(TARGET_PRECISIONS[target])}; got {precision!r}.")
+    """``precision`` after ``target``'s aliases, checked against what the target exports."""
+    if target not in TARGETS:
+        raise ConfigError(f"Unknown target {target!r}; choose one of {', '.join(TARGETS)}.")
+    spec = TARGETS[target]
+    precision = spec.precision(precision)
+    if precision not in spec.precisions:
+        raise ConfigError(f"The {target} target exports {', '.join(spec.precisions)}; got {precision!r}.")
     return precision
 
 
-def _one_of(*values: str):
-    def check(key: str, value: Any) -> str:
-        text = str(value).lower()
-        if text not in values:
-            raise ConfigError(f"-o {key} must be one of {', '.join(values)}, got {value!r}.")
-        return text
-    return check
-
-
-def _number(kind: type, low: float, high: float | None = None):
-    def check(key: str, value: Any) -> Any:
-        try:
-            number = kind(value)
-            ok = isinstance(value, (int, float, str)) and not isinstance(value, bool) and number >= low and (high is None or number <= high)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            bound = f">= {low:g}" if high is None else f"within {low:g}..{high:g}"
-            raise ConfigError(f"-o {key} must be {'an integer' if kind is int else 'a number'} {bound}, got {value!r}.")
-        return number
-    return check
-
-
-def _flag(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"-o {key} must be true or false, got {value!r}.")
-
-
-_ONNX_OPTIONS = {"opset": _number(int, 14, 20), "qdq_for": _one_of("tensorrt", "cpu"),
-                 "quantizer": _one_of("auto", "modelopt", "onnxruntime"),
-                 "calibrate_method": _one_of("minmax", "entropy", "percentile"),
-                 "high_precision": _one_of("fp32", "fp16")}
-#: the -o options each target reads, with their checks: an unknown key or a bad value fails before any work
-TARGET_OPTIONS: dict[str, dict[str, Any]] = {
-    "onnx": _ONNX_OPTIONS,
-    "tensorrt": {**_ONNX_OPTIONS, "dla": _number(int, 0), "workspace_gb": _number(float, 0.01)},
-    "openvino": {"preset": _one_of("performance", "mixed"), "quantize_elementwise": _flag},
-    "coreml": {"deployment_target": lambda k, v: str(v), "image_output": _flag, "calib_batch": _number(int, 1)},
-    "torch": {},
-}
+def target_options(target: str) -> dict[str, Any]:
+    """The ``-o`` checks ``target``'s exporter declares (its module's ``OPTIONS``)."""
+    return dict(importlib.import_module(TARGETS[target].exporter).OPTIONS)
 
 
 def check_options(target: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` checked against what ``target`` reads (names, types, ranges), values normalised."""
-    accepted = TARGET_OPTIONS[target]
+    accepted = target_options(target)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         hint = f"it reads {', '.join(sorted(accepted))}" if accepted else "it takes no -o option"
@@ -140,12 +81,9 @@ def check_options(target: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def check_requirements(target: str, precision: str) -> None:
     """Fail before any work when a library of the target is missing (the error names the pip extra)."""
-    for module, extra in TARGET_NEEDS[target]:
+    spec = TARGETS[target]
+    for module, extra in (*spec.needs, *spec.precision_needs.get(precision, ())):
         require(module, extra)
-    if target == "openvino" and precision == "int8":
-        require("nncf", "openvino")
-    if target in ("onnx", "tensorrt") and precision == "fp16":
-        require("onnxruntime.transformers.float16", "onnx", "onnxruntime")
 
 
 def run_config_of(generator_file: Path) -> Path | None:
@@ -185,7 +123,7 @@ def export_generator(
     precision = normalize_precision(target, precision)
     options = check_options(target, dict(options or {}))
     check_requirements(target, precision)
-    module = importlib.import_module(TARGET_MODULES[target])
+    module = importlib.import_module(TARGETS[target].exporter)
     batch = _check_batch(batch)
 
     from calibration import load_calibration_set

@@ -76,3 +76,53 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------------------------- -o checks
+# Each exporter declares the -o options it reads as ``OPTIONS = {name: check}``; a check takes (key, value) and
+# returns the normalised value or raises ConfigError. export.api.check_options applies them before any work.
+
+def one_of(*values: str):
+    """A check that accepts one of ``values`` (case-insensitive) and returns it lower-cased."""
+    def check(key: str, value: Any) -> str:
+        text = str(value).lower()
+        if text not in values:
+            raise ConfigError(f"-o {key} must be one of {', '.join(values)}, got {value!r}.")
+        return text
+    return check
+
+
+def number(kind: type, low: float, high: float | None = None):
+    """A check that accepts an int (``kind=int``) or a number within ``low``..``high``."""
+    def check(key: str, value: Any) -> Any:
+        try:
+            out = kind(value)
+            ok = (isinstance(value, (int, float, str)) and not isinstance(value, bool) and out >= low
+                  and (high is None or out <= high))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bound = f">= {low:g}" if high is None else f"within {low:g}..{high:g}"
+            raise ConfigError(f"-o {key} must be {'an integer' if kind is int else 'a number'} {bound}, got {value!r}.")
+        return out
+    return check
+
+
+def flag(key: str, value: Any) -> bool:
+    """A check that accepts true or false."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"-o {key} must be true or false, got {value!r}.")
+
+
+def text(key: str, value: Any) -> str:
+    return str(value)
+
+
+#: the ONNX quantizer's options, read by the onnx and tensorrt exporters (export/onnx.py)
+QDQ_OPTIONS: dict[str, Any] = {
+    "opset": number(int, 14, 20), "qdq_for": one_of("tensorrt", "cpu"),
+    "quantizer": one_of("auto", "modelopt", "onnxruntime"),
+    "calibrate_method": one_of("minmax", "entropy", "percentile"), "high_precision": one_of("fp32", "fp16"),
+}
+

@@ -39,15 +39,18 @@ import torch
 from torch import nn
 
 from calibration import CalibrationSet, compare, torch_runner
-from export.base import ExportRequest, ExportResult
+from export.base import ExportRequest, ExportResult, flag, number, text
 from runtimes._optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
+from runtimes.targets import TARGETS
 from train.errors import DpSimsError
 
 PACKAGE = "model.mlpackage"
 METADATA_KEY = "dp_sims"
-PRECISIONS = ("fp32", "fp16", "int8w", "w8a8")
+PRECISIONS = TARGETS["coreml"].precisions
 DEFAULT_DEPLOYMENT_TARGET = "iOS17"
+#: the -o options this target reads (checked by export.api.check_options)
+OPTIONS = {"deployment_target": text, "image_output": flag, "calib_batch": number(int, 1)}
 #: weights with at most this many elements stay float16 in ``int8w`` (coremltools' default): per-channel scales
 #: would cost more than they save
 WEIGHT_THRESHOLD = 2048

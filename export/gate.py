@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from calibration.progress import bar, bars_and_logs
+from runtimes.progress import bar, bars_and_logs
 from train.errors import DpSimsError
 
 log = logging.getLogger(__name__)

@@ -27,16 +27,19 @@ from typing import Any
 import numpy as np
 
 from calibration import CalibrationSet, compare_images, run_all, torch_runner
-from export.base import ExportRequest, ExportResult
+from export.base import QDQ_OPTIONS, ExportRequest, ExportResult
 from export.gate import ExportQualityError, exclusion_levels, run_gate
 from runtimes._optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
+from runtimes.targets import TARGETS
 from train.errors import ConfigError
 
 MODEL = "model.onnx"
 METADATA_KEY = "dp_sims"
 DEFAULT_OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = TARGETS["onnx"].precisions
+#: the -o options this target reads (checked by export.api.check_options)
+OPTIONS = QDQ_OPTIONS
 #: op types kept float32 in fp16 models: normalisation statistics, softmax, and the one-hot comparison
 FP16_KEEP = ["BatchNormalization", "InstanceNormalization", "LayerNormalization", "Softmax", "Equal", "Erf",
              "ReduceMean", "Pow", "Sqrt"]

@@ -18,14 +18,17 @@ from typing import Any
 import numpy as np
 
 from calibration import compare_images, run_all, torch_runner
-from export.base import ExportRequest, ExportResult
+from export.base import ExportRequest, ExportResult, flag, one_of
 from export.gate import ExportQualityError, exclusion_levels, run_gate
 from export.onnx import export_fp32
 from runtimes._optional import require
 from runtimes.spec import OUTPUT_IMAGE
+from runtimes.targets import TARGETS
 
 XML, BIN = "model.xml", "model.bin"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = TARGETS["openvino"].precisions
+#: the -o options this target reads (checked by export.api.check_options)
+OPTIONS = {"preset": one_of("performance", "mixed"), "quantize_elementwise": flag}
 RT_INFO_KEY = "dp_sims"
 QUANTIZED_TYPES = ("Convolution", "GroupConvolution", "MatMul")
 #: elementwise ops NNCF would also quantize on CPUs (SPADE's scale/shift products, residual sums); kept float, as

@@ -17,9 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
+from export.base import QDQ_OPTIONS, ExportRequest, ExportResult, check_out_dir, number, staged_dir
 from runtimes.errors import BackendUnavailable, ManifestError
 from runtimes.spec import file_entry, read_manifest, write_manifest
+from runtimes.targets import TARGETS
 from runtimes.trt_engine import (
     ENGINE_NAME,
     EngineBuildError,
@@ -32,7 +33,9 @@ from runtimes.trt_engine import (
 ONNX_NAME = "model.onnx"
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = TARGETS["tensorrt"].precisions
+#: the -o options this target reads (checked by export.api.check_options): the ONNX quantizer's, plus the engine's
+OPTIONS = {**QDQ_OPTIONS, "dla": number(int, 0), "workspace_gb": number(float, 0.01)}
 #: the weight input and its output-channel axis, per weighted op (TensorRT quantizes weights per output channel)
 WEIGHT_AXIS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, 1)}
 
@@ -221,6 +224,28 @@ def check_qdq_for_tensorrt(onnx_path: Path) -> list[str]:
     return notes
 
 
+def _carry_model_card(source_dir: Path, work: Path, manifest, onnx_precision: str) -> None:
+    """The source artifact's MODEL_CARD.md, with a section saying what this rebuild changed (no card, no copy)."""
+    from export.model_card import CARD_NAME
+    from runtimes.files import atomic_write
+
+    card = source_dir / CARD_NAME
+    if not card.is_file():
+        return
+    text = card.read_text(encoding="utf-8").split("\n## Rebuilt for TensorRT")[0].rstrip("\n")
+    b = manifest.batch
+    lines = ["", "", "## Rebuilt for TensorRT", "",
+             f"- Made on the device by `python -m export --target tensorrt --from` from the {onnx_precision} ONNX "
+             f"above: precision **{manifest.precision}**, batch {b['min']}..{b['max']} (opt {b['opt']})"
+             + (f", DLA core {manifest.target_options['dla_core']}" if manifest.target_options.get("dla_core") is not None else "")
+             + ".",
+             "- " + ("The quality numbers above were measured on that ONNX, which this engine runs."
+                    if manifest.precision == onnx_precision else
+                    "The quality numbers above measured the ONNX, not this engine (built at another precision by "
+                    "TensorRT's builder flags): compare its images with the FP32 artifact before shipping it."), ""]
+    atomic_write(work / CARD_NAME, text + "\n".join(lines))
+
+
 def export_from_onnx(
     onnx_path: str | Path,
     out_dir: str | Path,
@@ -295,5 +320,6 @@ def export_from_onnx(
             notes.append(f"The {onnx_precision} ONNX is built at {precision} by TensorRT's builder flags: its "
                          "quality was not measured; compare its images with the FP32 artifact before shipping it.")
         write_manifest(manifest, work)
+        _carry_model_card(source_dir, work, manifest, onnx_precision)
     return ExportResult(files=onnx_files, quality=manifest.quality, calibration=source.calibration,
                         target_options=plan, notes=notes)

@@ -12,6 +12,8 @@ from calibration import compare_images, run_all, torch_runner
 from export.base import ExportRequest, ExportResult
 
 MODEL = "model.pt2"
+#: this target reads no -o option
+OPTIONS: dict = {}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

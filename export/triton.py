@@ -31,16 +31,13 @@ from export.base import staged_dir
 from runtimes.errors import InputError
 from runtimes.serve import MANIFEST_PARAMETER, check_model_name, model_name
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, MANIFEST_NAME, OUTPUT_IMAGE, Manifest, read_manifest
+from runtimes.targets import TARGETS
 
 VERSION = "1"
 DEFAULT_QUEUE_DELAY_US = 2000
 
-#: target -> (platform, backend, file Triton loads from the version folder, instance kinds the backend runs)
-TRITON_TARGETS: dict[str, tuple[str | None, str, str, tuple[str, ...]]] = {
-    "onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx", ("cpu", "gpu")),
-    "openvino": (None, "openvino", "model.xml", ("cpu",)),
-    "tensorrt": ("tensorrt_plan", "tensorrt", "model.plan", ("gpu",)),
-}
+#: target -> how Triton loads it (each target declares it in runtimes/targets.py)
+TRITON_TARGETS = {name: t.triton for name, t in TARGETS.items() if t.triton is not None}
 OPTIONS = ("name", "kind", "instances", "max_queue_delay_us")
 
 
@@ -75,7 +72,8 @@ def config_pbtxt(manifest: Manifest, name: str, kind: str = "cpu", instances: in
             f"Triton has no backend for {manifest.target} artifacts; export --target onnx or openvino for a Triton "
             "model repository, or serve this artifact as it is with `python -m runtimes serve --model DIR`."
         )
-    platform, backend, filename, kinds = TRITON_TARGETS[manifest.target]
+    serving = TRITON_TARGETS[manifest.target]
+    platform, backend, filename, kinds = serving.platform, serving.backend, serving.filename, serving.kinds
     if kind not in kinds:
         raise InputError(f"Triton's {backend} backend runs instances of kind {' or '.join(kinds)}, not {kind!r}.")
     dims = triton_dims(manifest)
@@ -108,7 +106,7 @@ def _options(options: dict[str, Any], artifact_dir: Path, target: str) -> tuple[
     if unknown:
         raise InputError(f"--target triton takes -o {', -o '.join(OPTIONS)}; not {', '.join(unknown)}.")
     name = check_model_name(str(options.get("name", model_name(artifact_dir))))
-    default_kind = TRITON_TARGETS[target][3][0] if target in TRITON_TARGETS else "cpu"
+    default_kind = TRITON_TARGETS[target].kinds[0] if target in TRITON_TARGETS else "cpu"
     kind = str(options.get("kind", default_kind)).lower()
     values = []
     for key, default, lo in (("instances", 1, 1), ("max_queue_delay_us", DEFAULT_QUEUE_DELAY_US, 0)):

@@ -116,13 +116,25 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile [N, H, W, 3] uint8 images into one image, ``columns`` per row (default: all in one row)."""
-    n, h, w, c = images.shape
-    columns = columns or n
-    rows = -(-n // columns)
-    grid = np.full((rows * (h + pad) - pad, columns * (w + pad) - pad, c), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[r * (h + pad): r * (h + pad) + h, col * (w + pad): col * (w + pad) + w] = image
+    columns = columns or len(images)
+    return tile_rows([images[i : i + columns] for i in range(0, len(images), columns)], pad=pad)
+
+
+def tile_rows(rows, pad: int = 2, border: int = 0, background: int = 255) -> np.ndarray:
+    """Tile rows of uint8 [H, W, 3] images (rows may differ in length, images in size: each sits at the top left
+    of a cell as large as the largest) into one image, ``pad`` pixels between cells and ``border`` around."""
+    cells = [list(row) for row in rows]
+    if not any(cells):
+        raise ValueError("a grid needs at least one image.")
+    cell_h = max(img.shape[0] for row in cells for img in row)
+    cell_w = max(img.shape[1] for row in cells for img in row)
+    ncols = max(len(row) for row in cells)
+    grid = np.full((2 * border - pad + len(cells) * (cell_h + pad), 2 * border - pad + ncols * (cell_w + pad), 3),
+                   background, np.uint8)
+    for i, row in enumerate(cells):
+        for j, img in enumerate(row):
+            y, x = border + i * (cell_h + pad), border + j * (cell_w + pad)
+            grid[y : y + img.shape[0], x : x + img.shape[1]] = img
     return grid
 
 

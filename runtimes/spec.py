@@ -13,11 +13,12 @@ from typing import Any
 
 from runtimes.errors import ManifestError
 from runtimes.files import atomic_write, sha256_file
+from runtimes.targets import PRECISIONS
+from runtimes.targets import TARGETS as _TARGETS
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "model.json"
-TARGETS = ("torch", "onnx", "openvino", "tensorrt", "coreml")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8w", "w8a8")
+TARGETS = tuple(_TARGETS)  # runtimes/targets.py declares each
 
 # The graph contract every target exports (docs/design.md, "The generator graph contract").
 INPUT_LABEL = "label"

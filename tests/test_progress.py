@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from calibration.progress import bar, progress
 from calibration.sets import load_calibration_set
 from export.gate import run_gate
+from runtimes.progress import bar, progress
 
 
 def test_gate_levels_and_probes_go_to_the_export_log_not_stdout(caplog, capsys):

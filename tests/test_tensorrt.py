@@ -958,6 +958,7 @@ def test_export_from_onnx_without_tensorrt_and_without_torch(onnx_fp32, tmp_path
     """On a machine without TensorRT (and without torch): the artifact is written and the output names what is
     missing and says the device builds the engine; ``python -m export --from`` exits 0."""
     source, out = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx") / "model.onnx", tmp_path / "trt"
+    (source.parent / "MODEL_CARD.md").write_text("# Model card\n\n## Quality\n\n- PSNR 40 dB\n")
     call = {
         "function": "from export.tensorrt import export_from_onnx\n"
                     f"print('\\n'.join(export_from_onnx({str(source)!r}, {str(out)!r}, batch=(1, 1, 8)).notes))\n",
@@ -973,6 +974,10 @@ def test_export_from_onnx_without_tensorrt_and_without_torch(onnx_fp32, tmp_path
     assert manifest.target == "tensorrt" and manifest.precision == "fp32" and manifest.batch == {"min": 1, "opt": 1, "max": 8}
     assert manifest.target_options["onnx_precision"] == "fp32" and [f.path for f in manifest.files] == ["model.onnx"]
     assert not (out / "model.engine").exists()
+    card = (out / "MODEL_CARD.md").read_text()  # the source's card travels, saying what the rebuild changed
+    assert card.startswith("# Model card") and "PSNR 40 dB" in card
+    assert "## Rebuilt for TensorRT" in card and "precision **fp32**, batch 1..8 (opt 1)" in card
+    assert "measured on that ONNX, which this engine runs" in card
 
 
 def test_export_from_onnx_builds_the_engine_the_runtime_then_reuses(fake, onnx_fp32, tmp_path, monkeypatch):

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.progress import progress
 from train.errors import ConfigError, DpSimsError
 
 LPIPS_SKIPPED = "LPIPS is not computed: torchmetrics' LPIPS downloads its backbone weights; pixel_diversity stands in."
@@ -312,7 +313,7 @@ class Evaluation:
         real = _Measures(self) if self._real is None else None  # kept only once its pass is complete
         diversity = PixelDiversity(seeds)
         seconds = [0.0] * seeds
-        for lo in _progress(range(0, n, self.chunk), "evaluate", n > self.chunk):
+        for lo in progress(range(0, n, self.chunk), "evaluate", logger="train"):
             hi = min(n, lo + self.chunk)
             images, labels = read_val(self.dataset, lo, hi)
             if real is not None:
@@ -413,14 +414,6 @@ def _segmenter_help() -> str:
     from train.eval_metrics import SEGMENTER_HELP
 
     return SEGMENTER_HELP
-
-
-def _progress(items, desc: str, show: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with the train extra
-        return items
-    return tqdm(items, desc=desc, disable=not show, leave=False)
 
 
 def _clean(obj: Any) -> Any:

@@ -16,17 +16,13 @@ from typing import Any
 from runtimes.backends.base import Backend
 from runtimes.errors import BackendUnavailable, InputError, ManifestError
 from runtimes.spec import Manifest
+from runtimes.targets import TARGETS
 
-BACKENDS: dict[str, str] = {
-    "torch": "runtimes.backends.torch_backend:TorchBackend",
-    "onnx": "runtimes.backends.onnxruntime_backend:OnnxRuntimeBackend",
-    "openvino": "runtimes.backends.openvino_backend:OpenVINOBackend",
-    "tensorrt": "runtimes.backends.tensorrt:TensorRTBackend",
-    "coreml": "runtimes.backends.coreml:CoreMLBackend",
-}
+#: target -> ``module:Class`` of its backend (declared in runtimes/targets.py; a dict tests may patch)
+BACKENDS: dict[str, str] = {name: t.backend for name, t in TARGETS.items()}
 
 #: pip extra that installs each target's inference library
-EXTRAS: dict[str, str] = {"torch": "train", "onnx": "onnx", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
+EXTRAS: dict[str, str] = {name: t.extra for name, t in TARGETS.items()}
 
 
 def backend_class(target: str) -> type[Backend]:

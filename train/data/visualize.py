@@ -22,18 +22,11 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
 
 def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, background: int = 255) -> np.ndarray:
     """Tile uint8 HxWx3 images row by row (rows may differ in length, images in size) into one uint8 image."""
+    from runtimes.imaging import tile_rows
+
     if not rows or not any(len(r) for r in rows):
         raise ValueError("make_grid needs at least one image.")
-    cells = [[_rgb(img) for img in row] for row in rows]
-    cell_h = max(img.shape[0] for row in cells for img in row)
-    cell_w = max(img.shape[1] for row in cells for img in row)
-    ncols = max(len(row) for row in cells)
-    grid = np.full((pad + len(cells) * (cell_h + pad), pad + ncols * (cell_w + pad), 3), background, np.uint8)
-    for i, row in enumerate(cells):
-        for j, img in enumerate(row):
-            y, x = pad + i * (cell_h + pad), pad + j * (cell_w + pad)
-            grid[y : y + img.shape[0], x : x + img.shape[1]] = img
-    return grid
+    return tile_rows([[_rgb(img) for img in row] for row in rows], pad=pad, border=pad, background=background)
 
 
 def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, pad: int = 2) -> Path:

@@ -1,6 +1,9 @@
-"""Progress bars for the long loops of calibration and export: tqdm bars on stderr, shown on a terminal and
-hidden elsewhere (logs, CI, pytest), and hidden whenever the logger that reports the step is quieter than INFO
-(``-q`` / ``--log-level WARNING`` on the command lines). Without tqdm the loops simply run."""
+"""Progress bars for the long loops of calibration, export and evaluation: tqdm bars on stderr, shown on a
+terminal and hidden elsewhere (logs, CI, pytest), and hidden whenever the logger that reports the step is quieter
+than INFO (``-q`` / ``--log-level WARNING`` on the command lines). Without tqdm the loops simply run.
+
+It lives in ``runtimes`` (imported lazily, tqdm only inside the functions) because every package may import
+``runtimes`` and no other package is below them all."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, logger: st
         return items
     try:
         from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with the train extra, which export needs
+    except ImportError:  # pragma: no cover - tqdm ships with the train extra, which export and evaluate need
         return items
     return tqdm(items, desc=desc, total=total, unit=unit, leave=False, disable=None, dynamic_ncols=True)
 
