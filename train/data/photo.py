@@ -132,11 +132,7 @@ class PhotoScenes(SyntheticScenes):
         return f"PhotoScenes(num_classes={self.num_classes}, size={self.size}, seed={self.seed})"
 
     def paint(self, label: np.ndarray, index: int = 0) -> np.ndarray:
-        label = np.asarray(label)
-        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
-            raise ValueError(f"label must be an integer array [H, W], got {label.dtype} {label.shape}.")
-        if label.size and (label.min() < 0 or label.max() >= self.num_classes):
-            raise ValueError(f"label ids must be within 0..{self.num_classes - 1}, got {label.min()}..{label.max()}.")
+        label = self.check_label(label)
         h, w = label.shape
         rng = self._rng(index, 1)
         image = np.empty((h, w, 3), np.float32)

@@ -122,16 +122,21 @@ class SyntheticScenes:
 
     def paint(self, label: np.ndarray, index: int = 0) -> np.ndarray:
         """Paint any label map [H, W] (ids 0..num_classes-1): uint8 [H, W, 3]. ``index`` seeds the pixel noise."""
-        label = np.asarray(label)
-        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
-            raise ValueError(f"label must be an integer array [H, W], got {label.dtype} {label.shape}.")
-        if label.size and (label.min() < 0 or label.max() >= self.num_classes):
-            raise ValueError(f"label ids must be within 0..{self.num_classes - 1}, got {label.min()}..{label.max()}.")
+        label = self.check_label(label)
         h, w = label.shape
         texture = self._textures[label, np.arange(h)[:, None] % PERIOD, np.arange(w)[None, :] % PERIOD]
         noise = self._rng(index, 1).normal(0.0, NOISE_STD, (h, w, 3)).astype(np.float32)
         image = self._colors[label] + texture[..., None] + noise
         return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    def check_label(self, label: np.ndarray) -> np.ndarray:
+        """``label`` as an integer array [H, W] with ids 0..num_classes-1, or ValueError saying what is wrong."""
+        label = np.asarray(label)
+        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+            raise ValueError(f"label must be an integer array [H, W], got {label.dtype} {label.shape}.")
+        if label.size and (label.min() < 0 or label.max() >= self.num_classes):
+            raise ValueError(f"label ids must be within 0..{self.num_classes - 1}, got {label.min()}..{label.max()}.")
+        return label
 
     # ------------------------------------------------------------------------------------------ classifier
     def classify(self, images: np.ndarray) -> np.ndarray:
