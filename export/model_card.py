@@ -238,7 +238,9 @@ def _quality_lines(manifest: Manifest, last_eval: dict[str, Any] | None) -> list
                    + (f"; max abs error {q['max_abs_error']:.3g}" if q.get("max_abs_error") is not None else "")
                    + ".")
         if q.get("label_consistency") is not None:
-            out.append(f"- Label consistency (mIoU of a fixed classifier of the synthetic classes on the images "
+            scorer = ("a classifier of the photographic classes fitted on real scenes"
+                      if cal.get("source") == "synthetic-photo" else "a fixed classifier of the synthetic classes")
+            out.append(f"- Label consistency (mIoU of {scorer} on the images "
                        f"against their maps): {q['label_consistency']:.4f}, FP32 {q['label_consistency_reference']:.4f} "
                        f"(delta {q['label_consistency_delta']:+.4f}).")
         kept = q.get("kept_high_precision")

@@ -79,7 +79,11 @@ def test_a_synthetic_label_consistency_report_and_an_fp32_check():
         "psnr_db": None, "max_abs_error": 0.0, "samples": 4, "label_consistency": 0.9, "label_consistency_reference": 0.91,
         "label_consistency_delta": -0.01}), run_name="tiny")
     assert "**identical**" in card and "0.9000, FP32 0.9100 (delta -0.0100)" in card
-    assert "A demonstration and test model" in card
+    assert "A demonstration and test model" in card and "fixed classifier of the synthetic classes" in card
+    photo = model_card(manifest("synthetic-photo", precision="int8", target="onnx", quality={
+        "psnr_db": 30.7, "samples": 4, "label_consistency": 0.84, "label_consistency_reference": 0.84,
+        "label_consistency_delta": 0.0}, calibration={"source": "synthetic-photo", "held_out": 4}), run_name="photo")
+    assert "classifier of the photographic classes fitted on real scenes" in photo and "textures cut from" in photo
     fp32 = model_card(manifest("synthetic", precision="fp32", target="onnx",
                                quality={"max_abs_error_vs_torch": 2e-6, "measured_with": "ONNX Runtime CPU"}),
                       run_name="tiny")
