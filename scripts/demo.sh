@@ -34,3 +34,20 @@ echo "  training run:      $ROOT/$RUN  (config.yaml, metrics.jsonl, checkpoints/
 echo "  sample grids:      $(ls -1 "$RUN"/samples/*.png | tail -n 1)"
 echo "  INT8 artifact:     $ROOT/$ART  (model.xml, model.bin, model.json, MODEL_CARD.md)"
 echo "  generated image:   $ROOT/$OUT/generated.png"
+# a loaded machine can reach the preset's time cap (train.max_minutes) before the last step: say so, and how to go on
+DONE="$("$PY" - "$RUN" <<'PY'
+import sys, yaml
+from pathlib import Path
+run = Path(sys.argv[1])
+step = int((run / "checkpoints" / "last").read_text().strip().removeprefix("step_"))
+steps = int(yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"])
+print(f"{step} {steps}")
+PY
+)"
+read -r STEP STEPS <<< "$DONE"
+if [ "$STEP" -lt "$STEPS" ]; then
+  echo
+  echo "Training stopped at step $STEP of $STEPS (the preset's train.max_minutes time cap; this machine was slower or"
+  echo "busier than expected), so the images are rougher than a finished run's. Run the same command again to"
+  echo "continue from step $STEP; it re-exports and regenerates at the end."
+fi
