@@ -84,7 +84,7 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     ck = last_checkpoint(run)
-    assert ck is not None, f"no checkpoint written on interrupt; metrics: {metrics.read_text()[-400:]!r}; stderr: {err[-1500:]}"
+    assert ck is not None, f"no checkpoint written on interrupt; metrics: {metrics.read_text()[-400:] if metrics.exists() else None!r}; stderr: {err[-1500:]}"
     stopped_at = int(ck.name.split("_")[1])
     assert 5 <= stopped_at < 400
     r = subprocess.run([*args[:3], "--resume", str(run), "--set", f"train.steps={stopped_at + 5}"], cwd=ROOT, env=env,
