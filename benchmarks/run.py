@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks.predictor_memory import current_rss_mib as rss_mib
 from runtimes.targets import TARGETS
+from train.data import BUILTIN_SCENES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACTS = ["torch:fp32", "onnx:fp32", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8"]
@@ -232,7 +233,7 @@ def load_model(args: argparse.Namespace):
             check_size(args.size, generator.stride)
         return Path(args.checkpoint).name, generator, info
     cfg = load_config(args.preset, ([] if "synthetic" in args.preset else ["data.root=."]) + args.set)  # data is not read
-    num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset.startswith("synthetic") else 151)
+    num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset in BUILTIN_SCENES else 151)
     torch.manual_seed(0)
     generator = Generator(num_classes, cfg.model.generator)
     if args.size is not None:
@@ -305,7 +306,7 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
     from train.errors import DpSimsError
 
     ckpt = save_generator(out / "checkpoints" / f"{_slug(name)}.safetensors", generator, info)
-    calib = info.dataset if info.dataset.startswith("synthetic") else "blocks"
+    calib = info.dataset if info.dataset in BUILTIN_SCENES else "blocks"
     made = {}
     for spec in specs:
         target, precision = spec.split(":")

@@ -25,12 +25,12 @@ import numpy as np
 
 from runtimes.errors import InputError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
+from train.data import BUILTIN_SCENES
 from train.errors import DataError
 
-#: a source value that means the built-in procedural scenes
+#: a source value that means the built-in procedural scenes (``synthetic-photo``, train.data.BUILTIN_SCENES, draws
+#: the same layouts and scores them with the photographic scenes' classifier)
 SYNTHETIC = "synthetic"
-#: the same layouts, scored by the classifier of the photographic scenes (models trained on ``synthetic-photo``)
-SYNTHETIC_PHOTO = "synthetic-photo"
 #: a source value that means random block layouts (any class count; for quality checks, not for calibration)
 BLOCKS = "blocks"
 #: seed of the calibration scenes: not a training seed, so calibration maps are not training maps
@@ -107,7 +107,7 @@ def load_calibration_set(
         raise DataError(f"--calib-samples must be at least 1, got {samples}.")
     size = (int(input_size[0]), int(input_size[1]))
     text = str(source)
-    if text in (SYNTHETIC, SYNTHETIC_PHOTO):
+    if text in BUILTIN_SCENES:
         labels, scenes = _synthetic(text, num_classes, size, samples, seed)
         return CalibrationSet(labels, draw_noise(samples, noise_shape, seed), text, seed, scenes)
     if text == BLOCKS:

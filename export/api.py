@@ -127,8 +127,9 @@ def export_generator(
     batch = _check_batch(batch)
 
     from calibration import load_calibration_set
-    from calibration.sets import BLOCKS, DEFAULT_SEED, SYNTHETIC, SYNTHETIC_PHOTO
+    from calibration.sets import BLOCKS, DEFAULT_SEED
     from train.checkpoint import load_generator, resolve_generator_file
+    from train.data import BUILTIN_SCENES
 
     source_file = resolve_generator_file(checkpoint)
     out_dir = Path(out) if out is not None else Path("artifacts") / f"{_run_name(source_file)}-{target}-{precision}"
@@ -139,7 +140,7 @@ def export_generator(
     noise_shape = tuple(int(v) for v in generator.noise_shape)
 
     if calib is None:
-        builtin = info.dataset in (SYNTHETIC, SYNTHETIC_PHOTO)
+        builtin = info.dataset in BUILTIN_SCENES
         run_config = run_config_of(source_file) if not builtin else None
         if precision in ("int8", "w8a8") and run_config is not None:
             calib = run_config  # its data.root: the dataset the generator was trained on

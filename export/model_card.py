@@ -17,6 +17,7 @@ from typing import Any
 
 from runtimes._version import __version__
 from runtimes.spec import Manifest
+from train.data import BUILTIN_SCENES
 
 CARD_NAME = "MODEL_CARD.md"
 
@@ -146,7 +147,7 @@ def model_card(manifest: Manifest, *, run_name: str, run_config: dict[str, Any] 
     lines.append("")
 
     lines += ["## Intended use", ""]
-    if dataset in ("synthetic", "synthetic-photo"):
+    if dataset in BUILTIN_SCENES:
         drawn = "textures cut from a few photographs" if dataset == "synthetic-photo" else "procedural textures"
         lines += ["A demonstration and test model: it shows the training, export and runtime path end to end on "
                   f"the CPU. It draws the {drawn} of dp-sims' built-in scenes, not scenes of the world; it is not "
@@ -182,7 +183,7 @@ def model_card(manifest: Manifest, *, run_name: str, run_config: dict[str, Any] 
     if manifest.precision not in ("fp32",):
         lines.append(f"- Reduced precision ({manifest.precision}): the images differ slightly from the FP32 "
                      "model's; the same seed gives the same image on every backend only within that precision.")
-    if dataset.startswith("synthetic") or (isinstance(trained.get("step"), int) and trained["step"] < 10_000):
+    if dataset in BUILTIN_SCENES or (isinstance(trained.get("step"), int) and trained["step"] < 10_000):
         lines.append(f"- A short run ({trained.get('step', '?')} steps): a demonstration, far from the quality of "
                      "a model trained for the paper's schedule.")
     lines.append("")

@@ -348,7 +348,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.betas must be two Adam betas in [0, 1), e.g. [0.0, 0.999]; got {t.betas}.")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
         raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {t.device!r}.")
-    if not cfg.data.dataset.startswith("synthetic") and not cfg.data.root:
+    from train.data import BUILTIN_SCENES
+
+    if cfg.data.dataset not in BUILTIN_SCENES and not cfg.data.root:
         raise ConfigError(
             f"data.root is required for dataset '{cfg.data.dataset}': pass --set data.root=/path/to/{cfg.data.dataset}."
         )

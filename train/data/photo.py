@@ -126,7 +126,6 @@ class PhotoScenes(SyntheticScenes):
         super().__init__(num_classes, size, seed)
         self._tiles = texture_tiles(min(self.size))[:num_classes]
         self.class_names = [t.name for t in TEXTURES[:num_classes]]
-        self._model: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"PhotoScenes(num_classes={self.num_classes}, size={self.size}, seed={self.seed})"
@@ -144,14 +143,8 @@ class PhotoScenes(SyntheticScenes):
         return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     # ------------------------------------------------------------------------------------------ classifier
-    def _fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(means [K, F], inverse covariances [K, F, F], log-determinant terms [K]) of the Gaussian classifier."""
-        if self._model is None:
-            self._model = _fit(self.num_classes, self.size)
-        return self._model
-
     def _classify(self, x: np.ndarray) -> np.ndarray:
-        means, inv, logdet = self._fitted()
+        means, inv, logdet = _fit(self.num_classes, self.size)
         f = pixel_features(x)
         n, h, w, d = f.shape
         f = f.reshape(-1, d)
@@ -171,8 +164,9 @@ class PhotoScenes(SyntheticScenes):
 
 @lru_cache(maxsize=4)
 def _fit(num_classes: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scenes = PhotoScenes.__new__(PhotoScenes)
-    PhotoScenes.__init__(scenes, num_classes, size, FIT_SEED)
+    """(means [K, F], inverse covariances [K, F, F], log-determinant terms [K]) of the Gaussian classifier of
+    ``num_classes`` classes at ``size``, fitted once per process on :data:`FIT_SCENES` scenes of :data:`FIT_SEED`."""
+    scenes = PhotoScenes(num_classes, size, FIT_SEED)
     images, labels = zip(*(scenes.render(i) for i in range(FIT_SCENES)))
     f = pixel_features(np.stack(images))
     labels = np.stack(labels).ravel()
