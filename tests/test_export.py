@@ -155,6 +155,42 @@ def ov_images(xml: Path, labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return np.array(compiled({"label": labels, "noise": noise})["image"], copy=True)
 
 
+# ONNX Runtime kernels that compute on, or produce, int8/uint8 tensors. Which of them a CPU runs depends on its
+# instruction set (QDQ fusion into QLinearConv, MatMulIntegerToFloat, ...), so tests count them together.
+ORT_INTEGER_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                   "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QLinearAdd",
+                   "QLinearMul", "QLinearAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid"}
+
+
+def ort_executed_ops(model: Path, labels: np.ndarray, noise: np.ndarray, tmp_path: Path) -> dict[str, int]:
+    """How many times ONNX Runtime ran each kernel (by op type) for one run of ``model``: its own profile."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "ort-profile")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session.run(["image"], {"label": labels, "noise": noise})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+def ov_runtime_precisions(xml: Path, layer_type: str) -> list[str]:
+    """The precision OpenVINO's CPU plugin runs each ``layer_type`` layer of ``xml`` in, as compiled for the
+    predictor's default (f32 float parts): its runtime model, not the IR's declared types."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+            if op.get_rt_info()["layerType"].astype(str) == layer_type]
+
+
 # ------------------------------------------------------------------------------------- manifest, every target
 
 
@@ -273,7 +309,7 @@ def test_onnx_fp16_is_half_precision_with_40db(artifact, held_out, fresh):
         assert psnr_db(reference, predictor.generate_raw(labels, seed=seeds[0])) >= 40.0
 
 
-def test_onnx_int8_qdq_runs_in_onnxruntime_with_the_psnr_it_reports(artifact, held_out, fresh):
+def test_onnx_int8_qdq_runs_in_onnxruntime_with_the_psnr_it_reports(artifact, held_out, fresh, tmp_path):
     import onnx
     from onnx import numpy_helper
 
@@ -321,11 +357,17 @@ def test_onnx_int8_qdq_runs_in_onnxruntime_with_the_psnr_it_reports(artifact, he
     reported = int8.manifest.quality["psnr_db"]
     assert reported >= 30.0
     assert measured == pytest.approx(reported, abs=0.5)
-    assert measured < 60.0  # really quantized: an fp32 graph would be ~130 dB
-    # ... and it holds on maps no quantizer saw, through the predictor
+    # really quantized, whatever kernels this CPU has: ONNX Runtime executed integer kernels for the activations
+    # (each activation QuantizeLinear runs alone or fused into a QLinear* / *Integer* kernel)
+    executed = ort_executed_ops(path, labels, noise, tmp_path)
+    activations = [n for n in quantize if n.input[0] not in init]
+    assert len(activations) >= 10
+    assert sum(executed.get(op, 0) for op in ORT_INTEGER_OPS) >= len(activations) // 2, executed
+    # ... and it holds on maps no quantizer saw, through the predictor, within 3 dB of what the manifest reports
+    # (the held-out maps it was measured on are 4 of the same distribution)
     labels, seeds, reference = fresh
     with load_predictor(int8.out_dir, device="cpu", intra_op_num_threads=1) as predictor:
-        assert psnr_db(reference, predictor.generate_raw(labels, seed=seeds[0])) >= 30.0
+        assert psnr_db(reference, predictor.generate_raw(labels, seed=seeds[0])) >= reported - 3.0
 
 
 # ----------------------------------------------------------------------------------------------- openvino
@@ -395,13 +437,18 @@ def test_openvino_int8_reports_the_psnr_it_has(artifact, held_out, fresh):
     reported = int8.manifest.quality["psnr_db"]
     assert reported >= 30.0
     assert measured == pytest.approx(reported, abs=0.5)
-    assert measured < 60.0
+    # really quantized, whatever kernels this CPU has: the CPU plugin runs the quantized convolutions in int8
+    # (the one kept float, to_rgb, in f32)
+    convolutions = ov_runtime_precisions(xml, "Convolution")
+    integer = [p for p in convolutions if p.lower() in ("i8", "u8")]
+    assert len(integer) >= len(set(convs) - kept) // 2 >= 5, convolutions
     labels, seeds, reference = fresh
     # the predictor's CPU default is the precision the report was measured with (f32 float parts), also on CPUs
-    # whose OpenVINO default would be bf16 (AMX): the user gets the quality the manifest states
+    # whose OpenVINO default would be bf16 (AMX): the user gets the quality the manifest states (within 3 dB on
+    # maps no quantizer saw)
     with load_predictor(int8.out_dir, device="cpu") as predictor:
         assert "32" in predictor.info()["backend"]["inference_precision"]
-        assert psnr_db(reference, predictor.generate_raw(labels, seed=seeds[0])) >= 30.0
+        assert psnr_db(reference, predictor.generate_raw(labels, seed=seeds[0])) >= reported - 3.0
 
 
 # -------------------------------------------------------------------------------------------------- torch
