@@ -34,7 +34,7 @@ def build_tiny(target: str, folder: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from runtimes.cli import add_version
+    from dpsims.cli import add_version
 
     add_version(parser)
     source = parser.add_mutually_exclusive_group(required=True)

@@ -56,7 +56,7 @@ def measure(model: str, batch: int = 1, calls: int = 5, device: str = "cpu") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtimes.cli import make_parser
+    from dpsims.cli import make_parser
 
     p = make_parser("benchmarks.predictor_memory", __doc__.split("\n\n")[0], __doc__, logging_options=False)
     p.add_argument("--model", required=True, help="artifact directory")

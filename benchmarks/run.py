@@ -271,7 +271,7 @@ def _palette(n: int) -> list[list[int]]:
 def load_peer(spec: str, num_classes: int, size):
     """``module:factory`` -> factory(num_classes, size): an nn.Module with forward(label int32 [N,H,W], noise)
     and a ``noise_shape`` attribute (the same contract as ours, so it runs through the same exporters)."""
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     module_name, _, attr = spec.partition(":")
     try:
@@ -301,9 +301,9 @@ def own_process_memory(path: Path, batch: int, device: str, log) -> dict[str, fl
 
 def export_all(name: str, generator, info, specs: list[str], out: Path, calib_samples: int, log,
                min_psnr: float = 30.0, size=None) -> dict[str, Path]:
+    from dpsims.errors import DpSimsError
     from export.api import export_generator
     from train.checkpoint import save_generator
-    from train.errors import DpSimsError
 
     ckpt = save_generator(out / "checkpoints" / f"{_slug(name)}.safetensors", generator, info)
     calib = info.dataset if info.dataset in BUILTIN_SCENES else "blocks"
@@ -451,7 +451,7 @@ def _slug(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtimes.cli import configure_logging, make_parser
+    from dpsims.cli import configure_logging, make_parser
 
     parser = make_parser("benchmarks.run", __doc__.split("\n\n")[0], __doc__)
     src = parser.add_mutually_exclusive_group()
@@ -492,10 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(**{**vars(args), "artifacts": artifacts})
 
     sys.path.insert(0, str(ROOT))
-    from runtimes.cli import prog_name, run_cli
-    from train.errors import DpSimsError
+    from dpsims.cli import prog_name, run_cli
 
-    return run_cli(prog_name("benchmarks.run"), lambda: _run(args), errors=(DpSimsError,))
+    return run_cli(prog_name("benchmarks.run"), lambda: _run(args))
 
 
 def _artifact_list(text: str) -> list[str]:
@@ -517,7 +516,7 @@ def _batch_list(text: str) -> list[int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.device == "cpu":

@@ -2,7 +2,7 @@
 
 from calibration.compare import compare, compare_images, psnr, run_all, torch_runner
 from calibration.sets import SYNTHETIC, CalibrationSet, draw_noise, load_calibration_set
-from runtimes._version import __version__
+from dpsims._version import __version__
 
 __all__ = ["SYNTHETIC", "CalibrationSet", "__version__", "compare", "compare_images", "draw_noise",
            "load_calibration_set", "psnr", "run_all", "torch_runner"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from calibration.sets import CalibrationSet
-from runtimes._optional import require
+from dpsims.optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 
 
@@ -26,7 +26,7 @@ def ort_reader(data: CalibrationSet, batch_size: int = 1) -> Any:
     """A fresh ``CalibrationDataReader`` over ``data`` (rewindable: ONNX Runtime may read it more than once)."""
     quantization = require("onnxruntime.quantization", "onnx", "onnxruntime")
 
-    from runtimes.progress import bar
+    from dpsims.progress import bar
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from calibration.sets import CalibrationSet
-from runtimes.progress import progress
+from dpsims.errors import InputError
+from dpsims.progress import progress
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -35,7 +36,7 @@ def psnr(reference: np.ndarray, candidate: np.ndarray, peak_to_peak: float = 2.0
 def compare_images(reference: np.ndarray, candidate: np.ndarray, data: CalibrationSet | None = None) -> dict[str, Any]:
     """Numbers for two image stacks [S, 3, H, W] from the same inputs (``data``, for label consistency)."""
     if reference.shape != candidate.shape:
-        raise ValueError(f"reference images {reference.shape} and candidate images {candidate.shape} differ in shape.")
+        raise InputError(f"reference images {reference.shape} and candidate images {candidate.shape} differ in shape.")
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     value = psnr(reference, candidate)
     report: dict[str, Any] = {

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calibration.sets import CalibrationSet
-from runtimes.progress import progress
+from dpsims.errors import BackendUnavailable, ConfigError
+from dpsims.progress import progress
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def freeze_w8a8(model: W8A8Model) -> torch.nn.Module:
     try:  # torch's converter to the decomposed (plain int8 tensor) representation; private, so guard it
         from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
     except ImportError as e:  # pragma: no cover - depends on the torch version
-        raise ImportError(
+        raise BackendUnavailable(
             f"This torch version lacks torch.ao.quantization.quantize_fx._convert_to_reference_decomposed_fx ({e}); "
             "W8A8 CoreML export needs it. Use --precision int8w, or a torch version that has it."
         ) from None
@@ -156,7 +157,7 @@ def int8_weight_layer_class() -> type:
         def __init__(self, reference: torch.nn.Module):
             super().__init__()
             if reference.weight_qscheme not in (torch.per_channel_affine, torch.per_channel_symmetric):
-                raise ValueError(f"Expected per-channel weight quantization, got {reference.weight_qscheme}.")
+                raise ConfigError(f"Expected per-channel weight quantization, got {reference.weight_qscheme}.")
             self.register_buffer("qweight", reference.get_quantized_weight().to(torch.int8))
             self.register_buffer("scale", reference.weight_scale.to(torch.float32))
             self.register_buffer("zero_point", reference.weight_zero_point.to(torch.int32))
@@ -165,7 +166,7 @@ def int8_weight_layer_class() -> type:
             self.bias = reference.bias
             if isinstance(reference, torch.nn.Conv2d):
                 if reference.padding_mode != "zeros":
-                    raise ValueError(f"Only zero padding is supported, got {reference.padding_mode!r}.")
+                    raise ConfigError(f"Only zero padding is supported, got {reference.padding_mode!r}.")
                 self.op = functools.partial(
                     F.conv2d, stride=reference.stride, padding=reference.padding,
                     dilation=reference.dilation, groups=reference.groups,
@@ -173,7 +174,7 @@ def int8_weight_layer_class() -> type:
             elif isinstance(reference, torch.nn.Linear):
                 self.op = F.linear
             else:
-                raise ValueError(f"No int8 weight layer for {type(reference).__name__}.")
+                raise ConfigError(f"No int8 weight layer for {type(reference).__name__}.")
 
         def dequantized_weight(self) -> torch.Tensor:
             return torch.ops.quantized_decomposed.dequantize_per_channel(

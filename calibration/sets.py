@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import InputError
+from dpsims.errors import DataError, InputError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 from train.data import BUILTIN_SCENES
-from train.errors import DataError
 
 #: a source value that means the built-in procedural scenes (``synthetic-photo``, train.data.BUILTIN_SCENES, draws
 #: the same layouts and scores them with the photographic scenes' classifier)
@@ -146,7 +145,7 @@ def _folder(path: Path, num_classes: int, size, samples: int, palette, ignore_id
     if not files:
         raise DataError(f"{path} holds no label maps (*.png or *.npy). Give a folder of label-map PNGs, a dataset "
                         "preset such as ade20k-256, or 'synthetic'.")
-    from runtimes.progress import progress
+    from dpsims.progress import progress
 
     maps = []
     for file in progress(files[:samples], f"calibration maps from {path}", unit="map"):
@@ -165,10 +164,10 @@ def _folder(path: Path, num_classes: int, size, samples: int, palette, ignore_id
 
 
 def _dataset(spec: str, num_classes: int, size, samples: int) -> np.ndarray:
+    from dpsims.errors import ConfigError
     from runtimes.imaging import resize_nearest
     from train.config import load_config
     from train.data import build_dataset
-    from train.errors import ConfigError
 
     if Path(spec).is_file() and Path(spec).suffix.lower() not in (".yaml", ".yml"):
         raise DataError(f"--calib {spec} is a file: give a folder of label maps ({', '.join(LABEL_SUFFIXES)}), "
@@ -184,7 +183,7 @@ def _dataset(spec: str, num_classes: int, size, samples: int) -> np.ndarray:
         raise DataError(f"--calib {spec} has {dataset.num_classes} classes, the generator {num_classes}: calibrate on "
                         "label maps of the dataset the generator was trained on.")
     count = min(samples, len(dataset))
-    from runtimes.progress import progress
+    from dpsims.progress import progress
 
     maps = [resize_nearest(np.asarray(dataset[i][1]), size)
             for i in progress(range(count), f"calibration maps from {spec}", unit="map")]

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 
 import runtimes
+from dpsims.errors import DpSimsError
 from runtimes import imaging, load_predictor
-from runtimes.errors import RuntimeErrorBase
 
 if sys.argv[1:] == ["--version"]:
     sys.exit(f"dp-sims {runtimes.__version__}")
@@ -21,6 +21,6 @@ try:
         images = predictor.generate_variations(label_png, n=4, seed=0)  # (4, H, W, 3) uint8, same on every backend
         shown = predictor.colorize(label_png)  # the label map in the artifact's class colours
         imaging.save_png(out_png, imaging.image_grid(np.stack([shown, *images])))
-except RuntimeErrorBase as e:  # a bad artifact or label map, a missing runtime: the message says what to do
+except DpSimsError as e:  # a bad artifact or label map, a missing runtime: the message says what to do
     sys.exit(f"error: {e}")
 print(f"{predictor.target} {predictor.precision}: wrote {out_png}")

@@ -1,5 +1,5 @@
 """Export a trained DP-SIMS generator to ONNX, OpenVINO, TensorRT, CoreML or torch.export artifacts."""
 
-from runtimes._version import __version__
+from dpsims._version import __version__
 
 __all__ = ["__version__"]

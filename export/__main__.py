@@ -48,7 +48,7 @@ def _batch(text: str) -> tuple[int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runtimes.cli import key_value, make_parser
+    from dpsims.cli import key_value, make_parser
     from runtimes.targets import TARGETS
 
     p = make_parser("export", "Export a DP-SIMS generator for deployment.", __doc__)
@@ -82,15 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtimes.cli import configure_logging, prog_name, run_cli
-    from train.errors import DpSimsError  # torch-free
+    from dpsims.cli import configure_logging, prog_name, run_cli
 
     configure_logging(args.log_level)
-    return run_cli(prog_name("export"), lambda: _run(args), errors=(DpSimsError,))
+    return run_cli(prog_name("export"), lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     if args.target == "triton":
         return _triton_repository(args)
@@ -125,7 +124,7 @@ def _progress(level: str):
 
 
 def _triton_repository(args: argparse.Namespace) -> int:
-    from train.errors import ConfigError  # torch-free
+    from dpsims.errors import ConfigError  # torch-free
     if not args.from_onnx or not args.out:
         raise ConfigError("--target triton needs --from ARTIFACT_DIR and --out REPO (the Triton model repository).")
     from export.triton import export_repository
@@ -138,7 +137,7 @@ def _triton_repository(args: argparse.Namespace) -> int:
 
 
 def _from_onnx(args: argparse.Namespace) -> int:
-    from train.errors import ConfigError  # torch-free: the device has no torch
+    from dpsims.errors import ConfigError  # torch-free: the device has no torch
     if args.target != "tensorrt":
         raise ConfigError("--from builds TensorRT engines; use it with --target tensorrt.")
     if not args.out:

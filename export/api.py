@@ -16,12 +16,12 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from dpsims.errors import ConfigError, DpSimsError
+from dpsims.optional import require
 from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
 from export.model_card import write_model_card
-from runtimes._optional import require
 from runtimes.spec import ClassInfo, Manifest, file_entry, write_manifest
 from runtimes.targets import TARGETS
-from train.errors import ConfigError, DpSimsError
 
 VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "dp-sims")
 
@@ -118,7 +118,7 @@ def export_generator(
     ``calib``: 'synthetic', 'synthetic-photo', a folder of label maps, or a dataset config; default: the
     built-in scenes a model was trained on; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when
     the checkpoint sits in a run folder, else ``calib`` is required; random block maps for the FP32/FP16 check. Returns an :class:`ExportReport`; raises a :class:`DpSimsError` subclass (or
-    :class:`runtimes.errors.BackendUnavailable` for a missing library) and leaves nothing behind on failure."""
+    :class:`dpsims.errors.BackendUnavailable` for a missing library) and leaves nothing behind on failure."""
     started = time.perf_counter()
     precision = normalize_precision(target, precision)
     options = check_options(target, dict(options or {}))

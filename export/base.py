@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from train.errors import ConfigError  # torch-free: the TensorRT device path imports this module
+from dpsims.errors import ConfigError  # torch-free: the TensorRT device path imports this module
 
 if TYPE_CHECKING:  # heavy imports stay out of module import time
     import torch

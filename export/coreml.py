@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 from calibration import CalibrationSet, compare, torch_runner
+from dpsims.errors import DpSimsError
+from dpsims.optional import require
 from export.base import ExportRequest, ExportResult, flag, number, text
-from runtimes._optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
 from runtimes.targets import TARGETS
-from train.errors import DpSimsError
 
 PACKAGE = "model.mlpackage"
 METADATA_KEY = "dp_sims"

@@ -24,15 +24,15 @@ then, if the bar is still not reached, the worst layers by measured sensitivity 
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-from runtimes.progress import bar, bars_and_logs
-from train.errors import DpSimsError
+from dpsims.errors import DpSimsError
+from dpsims.logs import get_logger
+from dpsims.progress import bar, bars_and_logs
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ExportQualityError(DpSimsError):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtimes._version import __version__
+from dpsims._version import __version__
 from runtimes.spec import Manifest
 from train.data import BUILTIN_SCENES
 

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from calibration import CalibrationSet, compare_images, run_all, torch_runner
+from dpsims.errors import ConfigError
+from dpsims.optional import require
 from export.base import QDQ_OPTIONS, ExportRequest, ExportResult
 from export.gate import ExportQualityError, exclusion_levels, run_gate
-from runtimes._optional import require
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
 from runtimes.targets import TARGETS
-from train.errors import ConfigError
 
 MODEL = "model.onnx"
 METADATA_KEY = "dp_sims"
@@ -65,7 +65,7 @@ def export(req: ExportRequest) -> ExportResult:
     require("onnx", "onnx")
     require("onnxruntime", "onnx")
     if req.precision not in PRECISIONS:
-        raise ValueError(f"The onnx target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
+        raise ConfigError(f"The onnx target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
     opset = int(req.options.get("opset", DEFAULT_OPSET))
     high_precision = check_high_precision(req)
     path = req.out_dir / MODEL
@@ -184,7 +184,7 @@ def quantize_qdq(src: Path, dst: Path, data: CalibrationSet, exclude: list[str],
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     if method not in methods:
-        raise ValueError(f"calibrate_method must be one of {', '.join(methods)}, got {method!r}.")
+        raise ConfigError(f"calibrate_method must be one of {', '.join(methods)}, got {method!r}.")
     symmetric = activations == "int8"
     with quiet_quantizer_log():  # its "consider pre-processing" hint, logged on the root logger
         q.quantize_static(

@@ -11,17 +11,18 @@ precision), int8 runs ``nncf.quantize`` on the calibration set (convolutions and
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from calibration import compare_images, run_all, torch_runner
+from dpsims.errors import ConfigError
+from dpsims.logs import quieted
+from dpsims.optional import require
 from export.base import ExportRequest, ExportResult, flag, one_of
 from export.gate import ExportQualityError, exclusion_levels, run_gate
 from export.onnx import export_fp32
-from runtimes._optional import require
 from runtimes.spec import OUTPUT_IMAGE
 from runtimes.targets import TARGETS
 
@@ -67,7 +68,7 @@ def float_lookup_tables(ov, xml: Path) -> int:
 def export(req: ExportRequest) -> ExportResult:
     ov = require("openvino", "openvino")
     if req.precision not in PRECISIONS:
-        raise ValueError(f"The openvino target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
+        raise ConfigError(f"The openvino target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
     onnx_path = req.out_dir / "fp32.onnx.tmp"
     export_fp32(req.generator, req.input_size, onnx_path, batch=req.batch)
     model = ov.convert_model(str(onnx_path))
@@ -119,12 +120,12 @@ def quantize(nncf: Any, model: Any, dataset: Any, subset_size: int, kept_float: 
              float_types: list[str] | None = None) -> Any:
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     if preset not in presets:
-        raise ValueError(f"openvino preset must be one of {', '.join(presets)}, got {preset!r}.")
-    logging.getLogger("nncf").setLevel(logging.WARNING)
-    return nncf.quantize(
-        model, dataset, preset=presets[preset], subset_size=subset_size, fast_bias_correction=True,
-        ignored_scope=nncf.IgnoredScope(names=list(kept_float), types=list(float_types or []), validate=False),
-    )
+        raise ConfigError(f"openvino preset must be one of {', '.join(presets)}, got {preset!r}.")
+    with quieted("nncf"):  # its INFO chatter is not this package's progress
+        return nncf.quantize(
+            model, dataset, preset=presets[preset], subset_size=subset_size, fast_bias_correction=True,
+            ignored_scope=nncf.IgnoredScope(names=list(kept_float), types=list(float_types or []), validate=False),
+        )
 
 
 def compiled_runner(xml: Path, device: str = "CPU"):

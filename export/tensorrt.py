@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dpsims.errors import BackendUnavailable, ManifestError
 from export.base import QDQ_OPTIONS, ExportRequest, ExportResult, check_out_dir, number, staged_dir
-from runtimes.errors import BackendUnavailable, ManifestError
 from runtimes.spec import file_entry, read_manifest, write_manifest
 from runtimes.targets import TARGETS
 from runtimes.trt_engine import (
@@ -42,7 +42,7 @@ WEIGHT_AXIS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, 1)}
 
 def check_dla_batch(dla: Any, batch: tuple[int, int, int]) -> None:
     """DLA runs static shapes: an artifact for DLA has one batch size (min = max)."""
-    from train.errors import ConfigError  # torch-free
+    from dpsims.errors import ConfigError  # torch-free
 
     if dla is not None and batch[0] != batch[2]:
         opt = batch[1]
@@ -226,8 +226,8 @@ def check_qdq_for_tensorrt(onnx_path: Path) -> list[str]:
 
 def _carry_model_card(source_dir: Path, work: Path, manifest, onnx_precision: str) -> None:
     """The source artifact's MODEL_CARD.md, with a section saying what this rebuild changed (no card, no copy)."""
+    from dpsims.files import atomic_write
     from export.model_card import CARD_NAME
-    from runtimes.files import atomic_write
 
     card = source_dir / CARD_NAME
     if not card.is_file():
@@ -264,7 +264,7 @@ def export_from_onnx(
     be built at fp16 on TensorRT <= 10 (builder flags); TensorRT 11 needs the precision in the ONNX. Writes
     ``model.json`` itself (there is no ExportRequest) and returns what the CLI prints.
     """
-    from train.errors import ConfigError  # torch-free
+    from dpsims.errors import ConfigError  # torch-free
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     source_dir = onnx_path.parent

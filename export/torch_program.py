@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from calibration import compare_images, run_all, torch_runner
+from dpsims.errors import ConfigError
 from export.base import ExportRequest, ExportResult
 
 MODEL = "model.pt2"
@@ -33,7 +34,7 @@ def export(req: ExportRequest) -> ExportResult:
     import copy
 
     if req.precision not in DTYPES:
-        raise ValueError(f"The torch target exports {', '.join(DTYPES)}, not {req.precision!r}.")
+        raise ConfigError(f"The torch target exports {', '.join(DTYPES)}, not {req.precision!r}.")
     dtype = DTYPES[req.precision]
     module = req.generator.eval() if dtype == torch.float32 else CastGenerator(copy.deepcopy(req.generator), dtype).eval()
     program = export_program(module, req.input_size, req.noise_shape, req.batch)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpsims.errors import InputError
 from export.base import staged_dir
-from runtimes.errors import InputError
 from runtimes.serve import MANIFEST_PARAMETER, check_model_name, model_name
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, MANIFEST_NAME, OUTPUT_IMAGE, Manifest, read_manifest
 from runtimes.targets import TARGETS

@@ -8,9 +8,10 @@
 Importing this package needs numpy only; each backend imports its inference library when an artifact opens.
 """
 
-from runtimes._version import __version__
-from runtimes.errors import BackendUnavailable, InputError, ManifestError, PredictorClosed, RuntimeErrorBase
-from runtimes.predictor import Predictor, load_predictor, to_uint8
+from dpsims._version import __version__
+from dpsims.errors import BackendUnavailable, DpSimsError, InputError, ManifestError, PredictorClosed
+from runtimes.loader import load_predictor
+from runtimes.predictor import Predictor, to_uint8
 from runtimes.spec import ClassInfo, Manifest, read_manifest
 
 __all__ = [
@@ -22,7 +23,7 @@ __all__ = [
     "ManifestError",
     "Predictor",
     "PredictorClosed",
-    "RuntimeErrorBase",
+    "DpSimsError",
     "load_predictor",
     "read_manifest",
     "to_uint8",

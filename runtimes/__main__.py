@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from dpsims.cli import configure_logging, key_value, make_parser, prog_name, run_cli
+from dpsims.errors import DpSimsError, InputError
 from runtimes import imaging
 from runtimes.backends import BACKENDS, available_libraries
-from runtimes.cli import configure_logging, key_value, make_parser, prog_name, run_cli
-from runtimes.errors import InputError, RuntimeErrorBase
-from runtimes.predictor import load_predictor
+from runtimes.loader import load_predictor
 from runtimes.spec import read_manifest
 
 
@@ -115,7 +115,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             try:
                 with load_predictor(args.model, device=args.device, verify=False) as predictor:
                     report["backend"] |= predictor.info()["backend"]
-            except RuntimeErrorBase as e:  # info describes what is missing instead of failing
+            except DpSimsError as e:  # info describes what is missing instead of failing
                 report["backend"]["unavailable"] = str(e)
     report["libraries"] = available_libraries()
     if args.json:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import BackendUnavailable, InputError, RuntimeErrorBase
+from dpsims.errors import BackendUnavailable, DpSimsError, InputError
 
 NO_GPU_HINT = (
     "TensorRT needs an NVIDIA GPU with its driver; on this machine run the onnx or openvino artifact instead "
@@ -39,7 +39,7 @@ DRIVER_HINT = (
 )
 
 
-class CudaError(RuntimeErrorBase, RuntimeError):
+class CudaError(DpSimsError, RuntimeError):
     """A CUDA call failed; the message has the error code and name (e.g. 2 cudaErrorMemoryAllocation)."""
 
 
@@ -167,7 +167,7 @@ class CudaPythonApi(CudaApi):
     def free_host(self, buffer: np.ndarray) -> None:
         ptr = int(buffer.ctypes.data)
         if ptr not in self._hosts:
-            raise ValueError("free_host takes a buffer that host_buffer returned (and not a view of it).")
+            raise InputError("free_host takes a buffer that host_buffer returned (and not a view of it).")
         self._hosts.discard(ptr)
         self._check(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
 

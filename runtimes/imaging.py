@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes._optional import require
-from runtimes.errors import InputError
+from dpsims.errors import InputError
+from dpsims.optional import require
 
 PILLOW_EXTRA = "runtime"
 _ID_MODES = ("P", "L", "I", "1", "F", "I;16", "I;16L", "I;16B", "I;16N")  # "F" is read, then refused as float
@@ -125,7 +125,7 @@ def tile_rows(rows, pad: int = 2, border: int = 0, background: int = 255) -> np.
     of a cell as large as the largest) into one image, ``pad`` pixels between cells and ``border`` around."""
     cells = [list(row) for row in rows]
     if not any(cells):
-        raise ValueError("a grid needs at least one image.")
+        raise InputError("a grid needs at least one image.")
     cell_h = max(img.shape[0] for row in cells for img in row)
     cell_w = max(img.shape[1] for row in cells for img in row)
     ncols = max(len(row) for row in cells)

@@ -1,6 +1,6 @@
 """One predictor over every backend: validation, noise, batching and conversion to uint8 happen here, once.
 
->>> from runtimes import load_predictor
+>>> from runtimes import load_predictor                       # runtimes/loader.py
 >>> with load_predictor("artifacts/ade20k-onnx-fp32") as predictor:
 ...     image = predictor.generate("label.png", seed=0)          # (H, W, 3) uint8
 
@@ -21,18 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from dpsims.errors import InputError, ManifestError, PredictorClosed
 from runtimes import imaging
-from runtimes.backends import BACKENDS, open_backend
+from runtimes.backends import BACKENDS
 from runtimes.backends.base import Backend
-from runtimes.errors import InputError, ManifestError, PredictorClosed
 from runtimes.spec import (
     INPUT_LABEL,
     INPUT_NOISE,
     OUTPUT_IMAGE,
     ClassInfo,
     Manifest,
-    manifest_path,
-    read_manifest,
 )
 
 LabelMap = Any  # np.ndarray | PIL.Image.Image | str | os.PathLike | Sequence of those (one per map)
@@ -53,26 +51,6 @@ def check_class_ids(labels: np.ndarray, num_classes: int, ignore_id: int | None,
             f"{what} holds the class id {int(labels[where])} at {where} ({int(bad.sum())} such pixels); "
             f"this artifact knows ids 0..{num_classes - 1}{ignore}."
         )
-
-
-def load_predictor(path: str | os.PathLike, device: str = "auto", *, verify: bool = True, **options: Any) -> Predictor:
-    """Open the artifact at ``path`` (its directory or its model.json) on ``device``.
-
-    The manifest is validated and, with ``verify``, every file's sha256 is checked; the backend comes from the
-    manifest's ``target``. ``device``: "auto" (the fastest available), "cpu", "cuda"/"cuda:N", or the backend's own
-    names (OpenVINO: "GPU", "NPU", ...). ``options`` go to the backend, e.g. ``intra_op_num_threads=2`` (onnx),
-    ``performance_hint="THROUGHPUT"`` or ``inference_precision="bf16"`` (openvino).
-
-    ``path`` may also name a served model, ``http://HOST:PORT/MODEL`` or ``grpc://HOST:PORT/MODEL`` (Triton / KServe
-    v2, see :mod:`runtimes.remote`): the same predictor, its graph run by the server; option ``timeout`` (seconds).
-    """
-    if isinstance(path, str) and "://" in path:
-        from runtimes.remote import load_remote_predictor  # tritonclient is imported only here
-
-        return load_remote_predictor(path, device, **options)
-    manifest = read_manifest(path, verify=verify)
-    artifact_dir = manifest_path(path).parent
-    return Predictor(open_backend(artifact_dir, manifest, device, **options), manifest, artifact_dir)
 
 
 class Predictor:

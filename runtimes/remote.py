@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from runtimes._optional import require
+from dpsims.errors import DpSimsError, InputError, ManifestError
+from dpsims.optional import require
 from runtimes.backends.base import Backend
-from runtimes.errors import InputError, ManifestError, RuntimeErrorBase
 from runtimes.predictor import Predictor
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
 
@@ -41,13 +41,8 @@ DEFAULT_TIMEOUT_S = 60.0
 EXTRA = "serve"
 
 
-class RemoteError(RuntimeErrorBase, ConnectionError):
+class RemoteError(DpSimsError, ConnectionError):
     """The server could not be reached, closed the connection, failed, or did not answer within the timeout."""
-
-
-def is_remote(path: Any) -> bool:
-    """Whether ``load_predictor``'s ``path`` names a server (http://, https:// or grpc://) rather than a folder."""
-    return isinstance(path, str) and re.match(r"(?i)(https?|grpc)://", path) is not None
 
 
 def parse_url(url: str) -> tuple[str, str, str, str]:
@@ -143,7 +138,7 @@ class RemoteBackend(Backend):
                 raise RemoteError(f"Could not {what} {self.url} (timeout {self.timeout:g} s): {_describe(e)}.") from None
             raise
 
-    def _server_error(self, what: str, e: Any) -> RuntimeErrorBase:
+    def _server_error(self, what: str, e: Any) -> DpSimsError:
         status = str(e.status() or "")
         message = str(e.message() if hasattr(e, "message") else e)
         reason = _reason(message)

@@ -23,7 +23,6 @@ Needs the ``serve`` extra: ``pip install 'dp-sims[serve]'`` (nvidia-pytriton: Li
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -38,12 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from runtimes._optional import require
-from runtimes.errors import InputError, RuntimeErrorBase
-from runtimes.predictor import Predictor, check_class_ids, load_predictor
+from dpsims.errors import DpSimsError, InputError
+from dpsims.logs import get_logger
+from dpsims.optional import require
+from runtimes.loader import load_predictor
+from runtimes.predictor import Predictor, check_class_ids
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: the model-config parameter that holds the artifact's model.json (also written by export/triton.py)
 MANIFEST_PARAMETER = "dp_sims_manifest"
@@ -51,7 +52,7 @@ DEFAULT_QUEUE_DELAY_US = 2000
 EXTRA = "serve"
 
 
-class ServerError(RuntimeErrorBase, RuntimeError):
+class ServerError(DpSimsError, RuntimeError):
     """The Triton server could not start (a port in use, the server binary refused its configuration...)."""
 
 
@@ -395,7 +396,7 @@ def describe_metrics(values: dict[str, float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- command line
 def add_arguments(parser: Any) -> None:
     """The options of ``python -m runtimes serve``."""
-    from runtimes.cli import key_value
+    from dpsims.cli import key_value
 
     parser.add_argument("--model", required=True, help="artifact directory (holding model.json)")
     parser.add_argument("--name", default=None, help="model name (default: the artifact folder's name)")

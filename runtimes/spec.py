@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtimes.errors import ManifestError
-from runtimes.files import atomic_write, sha256_file
+from dpsims.errors import ManifestError
+from dpsims.files import atomic_write, sha256_file
 from runtimes.targets import PRECISIONS
 from runtimes.targets import TARGETS as _TARGETS
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from dpsims.errors import UnknownTarget
+
 
 @dataclass(frozen=True)
 class TritonServing:
@@ -89,4 +91,4 @@ def target_of(name: str) -> Target:
     try:
         return TARGETS[name]
     except KeyError:
-        raise KeyError(f"Unknown target {name!r}; known targets: {', '.join(TARGETS)}.") from None
+        raise UnknownTarget(f"Unknown target {name!r}; known targets: {', '.join(TARGETS)}.") from None

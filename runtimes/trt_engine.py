@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -46,13 +45,14 @@ from typing import Any
 
 import numpy as np
 
+from dpsims.errors import BackendUnavailable, DpSimsError, ManifestError
+from dpsims.logs import get_logger
 from runtimes.cuda import GpuInfo
-from runtimes.errors import BackendUnavailable, ManifestError, RuntimeErrorBase
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest, sha256_file
 
 __all__ = ["GpuInfo", "EngineBuildError", "BuildOptions", "build_engine", "load_or_build", "plan_network"]
 
-log = logging.getLogger("dp_sims.tensorrt")
+log = get_logger(__name__)
 
 ENGINE_NAME = "model.engine"
 SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
@@ -64,7 +64,7 @@ INSTALL_HINT = (
 )
 
 
-class EngineBuildError(RuntimeErrorBase, RuntimeError):
+class EngineBuildError(DpSimsError, RuntimeError):
     """TensorRT could not build an engine from the ONNX (parser errors, a precision this version cannot build...)."""
 
 

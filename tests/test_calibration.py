@@ -21,8 +21,8 @@ from calibration import (
 )
 from calibration.adapters import modelopt_arrays, nncf_dataset, ort_reader
 from calibration.sets import BLOCKS, DEFAULT_SEED, SYNTHETIC
+from dpsims.errors import DataError
 from train.data.synthetic import SyntheticScenes
-from train.errors import DataError
 
 NOISE_SHAPE = (4, 8)
 SIZE = (32, 32)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dpsims.errors import ConfigError
 from train.config import CONFIG_DIR, Config, load_config
-from train.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

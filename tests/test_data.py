@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpsims.errors import DataError
 from train.config import DataConfig
 from train.data import build_dataset, synthetic_seed
 from train.data.catalog import distinct_colors, load_builtin, read_classes_file
 from train.data.synthetic import SyntheticScenes, covered
 from train.data.transforms import PairTransform
 from train.data.visualize import colorize, make_grid, save_grid
-from train.errors import DataError
 
 torch = pytest.importorskip("torch")
 
@@ -103,7 +103,7 @@ def test_synthetic_argument_errors():
         SyntheticScenes(1)
     with pytest.raises(ValueError, match="size"):
         SyntheticScenes(8, (4, 64))
-    with pytest.raises(IndexError):
+    with pytest.raises(DataError, match="index"):
         SyntheticScenes(8).label(-1)
 
 

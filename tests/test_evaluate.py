@@ -13,9 +13,9 @@ import pytest
 import torch
 from runtime_artifacts import save_tiny_checkpoint
 
+from dpsims.errors import ConfigError
 from train import evaluate as ev
 from train.config import load_config
-from train.errors import ConfigError
 from train.eval_metrics import (
     INCEPTION_URL,
     EvaluationError,

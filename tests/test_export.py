@@ -24,6 +24,7 @@ import pytest
 import torch
 from runtime_artifacts import TINY, tiny_classes, tiny_generator
 
+from dpsims.errors import CheckpointError, ConfigError
 from export.api import ExportReport, export_generator
 from export.gate import LEVELS, ExportQualityError, exclusion_levels, run_gate
 from runtimes import BackendUnavailable, load_predictor
@@ -32,7 +33,6 @@ from runtimes.spec import SCHEMA_VERSION, read_manifest
 from train.checkpoint import GeneratorInfo, save_generator
 from train.config import GeneratorConfig
 from train.data.synthetic import SyntheticScenes
-from train.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (32, 32)
@@ -521,7 +521,7 @@ def test_checkpoint_of_another_architecture(tmp_path, generator):
 
 def test_gate_failure_lists_every_attempt_and_writes_nothing(tmp_path, checkpoint, caplog):
     out = tmp_path / "out"
-    caplog.set_level("INFO", logger="export.gate")  # the gate reports each level and probe through logging
+    caplog.set_level("INFO", logger="dpsims.export.gate")  # the gate reports each level and probe through logging
     with pytest.raises(ExportQualityError) as info:
         export_generator(checkpoint, "onnx", "int8", calib_samples=4, min_psnr=200.0, out=out, log=quiet)
     message = str(info.value)

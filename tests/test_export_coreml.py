@@ -15,8 +15,8 @@ from runtime_artifacts import random_label_map, save_tiny_checkpoint, tiny_class
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'dp-sims[coreml]')")
 
+from dpsims.errors import BackendUnavailable  # noqa: E402
 from runtimes import load_predictor  # noqa: E402
-from runtimes.errors import BackendUnavailable  # noqa: E402
 from runtimes.spec import read_manifest  # noqa: E402
 
 SIZE = (32, 32)

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from runtime_artifacts import save_tiny_checkpoint
 
+from dpsims.errors import ConfigError
 from export.api import export_generator
-from train.errors import ConfigError
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""runtimes.files: atomic writes (all or nothing, no temporary file left) and file hashes."""
+"""dpsims.files: atomic writes (all or nothing, no temporary file left) and file hashes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from runtimes.files import atomic_path, atomic_write, sha256_file
+from dpsims.files import atomic_path, atomic_write, sha256_file
 
 
 def test_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):

@@ -111,7 +111,7 @@ def test_backbone_weights_from_local_file(tmp_path):
 
 
 def test_bad_backbone_name_and_missing_weights_file():
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a timm model"):
         Discriminator(3, DiscriminatorConfig(backbone="no_such_net", pretrained=False))
@@ -194,8 +194,8 @@ def test_lean_fine_scales_have_no_context_block_and_cost_less():
     ("model.generator.stem_kernel=2", "stem_kernel"),
 ])
 def test_lean_options_are_validated(override, message):
+    from dpsims.errors import ConfigError
     from train.config import load_config
-    from train.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         load_config("synthetic-tiny", [override])

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from dpsims.errors import DataError
 from train.data import build_dataset, scenes_of
 from train.data.synthetic import SyntheticScenes
-from train.errors import DataError
 
 pytest.importorskip("skimage", reason="the synthetic-photo scenes need scikit-image: pip install 'dp-sims[photo]'")
 

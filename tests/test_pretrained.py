@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from dpsims.errors import ConfigError
 from train.config import DiscriminatorConfig, load_config
-from train.errors import ConfigError
 from train.models import pretrained as named
 
 EXTRA = "dp-sims[pretrained]"

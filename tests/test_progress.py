@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from calibration.sets import load_calibration_set
+from dpsims.progress import bar, progress
 from export.gate import run_gate
-from runtimes.progress import bar, progress
 
 
 def test_gate_levels_and_probes_go_to_the_export_log_not_stdout(caplog, capsys):
@@ -21,18 +21,18 @@ def test_gate_levels_and_probes_go_to_the_export_log_not_stdout(caplog, capsys):
     def attempt(kept):
         return {"psnr_db": 20.0 + 10.0 * len(kept)}, None  # every layer kept float adds 10 dB
 
-    caplog.set_level(logging.INFO, logger="export.gate")
+    caplog.set_level(logging.INFO, logger="dpsims.export.gate")
     quality, kept, _ = run_gate(attempt, [("nothing float", [])], 35.0, "t int8", names=names, max_groups=3)
     assert quality["psnr_db"] == 40.0 and len(kept["layers"]) == 2
-    messages = [r.getMessage() for r in caplog.records if r.name == "export.gate"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "dpsims.export.gate"]
     assert messages[0] == "[t int8] gate step 1/1 (nothing float, 0 layers float): PSNR 20.00 dB (bar 35.0)"
     assert sum("sensitivity" in m and "only" in m for m in messages) == 3  # one probe per group
-    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "export.gate")
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "dpsims.export.gate")
     assert capsys.readouterr().out == ""
 
 
 def test_bars_follow_the_log_level():
-    logger = logging.getLogger("export")
+    logger = logging.getLogger("dpsims")
     before = logger.level
     items = [1, 2, 3]
     try:
@@ -60,8 +60,8 @@ def test_runtimes_generate_configures_logging(tmp_path, quiet, shown):
     """``python -m runtimes`` sets up logging (INFO for the package's loggers, -q: warnings only)."""
     code = ("import logging, sys\nfrom runtimes.__main__ import main\n"
             "import runtimes.__main__ as m\n"
-            "m.cmd_info = lambda args: logging.getLogger('runtimes.x').info('progress line') or 0\n"
+            "m.cmd_info = lambda args: logging.getLogger('dpsims.runtimes.x').info('progress line') or 0\n"
             f"sys.exit(main({[*quiet, 'info']!r}))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert ("INFO runtimes.x: progress line" in r.stderr) is shown
+    assert ("INFO dpsims.runtimes.x: progress line" in r.stderr) is shown

@@ -49,8 +49,8 @@ def test_the_other_tables_are_read_from_the_registry():
 
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_options_precisions_and_aliases_follow_the_declaration(target):
+    from dpsims.errors import ConfigError
     from export.api import check_options, normalize_precision, target_options
-    from train.errors import ConfigError
 
     t = TARGETS[target]
     for p in t.precisions:
@@ -65,8 +65,8 @@ def test_options_precisions_and_aliases_follow_the_declaration(target):
 
 
 def test_option_checks_normalise_and_refuse():
+    from dpsims.errors import ConfigError
     from export.api import check_options
-    from train.errors import ConfigError
 
     assert check_options("tensorrt", {"workspace_gb": "4", "qdq_for": "CPU"}) == {"workspace_gb": 4.0, "qdq_for": "cpu"}
     with pytest.raises(ConfigError, match="opset must be an integer within 14..20"):

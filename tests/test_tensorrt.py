@@ -22,8 +22,8 @@ from fake_tensorrt import PLAN_MAGIC, FakeCuda, FakeDevice, make_cudart, make_py
 from onnx import TensorProto, helper
 from runtime_artifacts import random_label_map, save_tiny_checkpoint, tiny_classes, tiny_generator
 
+from dpsims.errors import BackendUnavailable, InputError, PredictorClosed
 from runtimes import load_predictor
-from runtimes.errors import BackendUnavailable, InputError, PredictorClosed
 from runtimes.spec import Manifest, file_entry, read_manifest, write_manifest
 from runtimes.trt_engine import (
     BuildOptions,
@@ -80,8 +80,8 @@ def make_artifact(
 
 @pytest.fixture(autouse=True)
 def _dp_sims_logger_restored():
-    """run_jetson.py configures the dp_sims logger (a stderr handler): undo it after each test."""
-    logger = logging.getLogger("dp_sims")
+    """run_jetson.py configures the dpsims logger (a stderr handler): undo it after each test."""
+    logger = logging.getLogger("dpsims")
     saved = (logger.level, list(logger.handlers), logger.propagate)
     yield
     logger.setLevel(saved[0])
@@ -320,7 +320,7 @@ def test_engine_build_reports_progress(fake, onnx_fp32, tmp_path, caplog):
 
     trt, dev = fake("10.3.0")
     assert isinstance(make_progress_monitor(trt), trt.IProgressMonitor)
-    with caplog.at_level(logging.INFO, logger="dp_sims.tensorrt"):
+    with caplog.at_level(logging.INFO, logger="dpsims.runtimes.trt_engine"):
         build(trt, onnx_fp32, tmp_path)
     assert calls(dev, "builder.progress") and trt.builds == 1
     assert "TensorRT build: Timing layers" in caplog.text  # not a terminal here: log lines, not bars
@@ -336,7 +336,7 @@ def test_progress_without_tqdm_goes_to_the_log(fake, onnx_fp32, tmp_path, monkey
 
     monkeypatch.setitem(sys.modules, "tqdm", None)
     trt, dev = fake("10.3.0")
-    with caplog.at_level(logging.INFO, logger="dp_sims.tensorrt"):
+    with caplog.at_level(logging.INFO, logger="dpsims.runtimes.trt_engine"):
         build(trt, onnx_fp32, tmp_path)
     assert "TensorRT build: Building engine (2 steps)" in caplog.text
 
@@ -811,9 +811,9 @@ def test_the_fake_parser_refuses_what_tensorrt_refuses(fake, onnx_fp32, tmp_path
 
 
 def test_export_for_dla_needs_one_batch_size(tmp_path, onnx_fp32):
+    from dpsims.errors import ConfigError
     from export.base import ExportRequest
     from export.tensorrt import export, export_from_onnx
-    from train.errors import ConfigError
 
     req = ExportRequest(generator=None, info=None, classes=tiny_classes(), precision="int8", out_dir=tmp_path / "x",
                         input_size=SIZE, noise_shape=onnx_fp32[1], batch=(1, 2, 8), options={"dla": 0})
@@ -1003,8 +1003,8 @@ def test_export_from_onnx_builds_the_engine_the_runtime_then_reuses(fake, onnx_f
 
 
 def test_export_from_onnx_needs_the_artifact_manifest(tmp_path, onnx_fp32):
+    from dpsims.errors import ManifestError
     from export.tensorrt import export_from_onnx
-    from runtimes.errors import ManifestError
 
     shutil.copy(onnx_fp32[0], tmp_path / "model.onnx")
     with pytest.raises(ManifestError, match="not the model.onnx of a dp-sims artifact"):
@@ -1014,9 +1014,8 @@ def test_export_from_onnx_needs_the_artifact_manifest(tmp_path, onnx_fp32):
 def test_export_from_onnx_keeps_other_artifacts_and_takes_only_onnx(tmp_path, onnx_fp32):
     """--from never overwrites a folder without --overwrite, never turns the onnx artifact itself into a tensorrt
     one silently, and takes only the model.onnx of an onnx/tensorrt artifact."""
+    from dpsims.errors import ConfigError, ManifestError
     from export.tensorrt import export_from_onnx
-    from runtimes.errors import ManifestError
-    from train.errors import ConfigError
 
     source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx")
     other = tmp_path / "openvino"

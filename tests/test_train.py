@@ -97,7 +97,7 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
 def test_a_failed_resume_leaves_the_run_folder_as_it_was(tmp_path):
     """Overrides that do not fit the checkpoint fail the resume; config.yaml keeps the run's own values, so the
     next plain --resume works."""
-    from train.errors import CheckpointError
+    from dpsims.errors import CheckpointError
 
     run = tmp_path / "run"
     train(tiny_cfg(2), run)
@@ -117,8 +117,8 @@ def test_cli_without_the_training_libraries_names_the_extra(tmp_path):
 
 
 def test_nan_loss_stops_with_terms_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from dpsims.errors import TrainingDiverged
     from train import losses
-    from train.errors import TrainingDiverged
 
     train(tiny_cfg(10), tmp_path / "run")
     before = (last_checkpoint(tmp_path / "run") / "generator_ema.safetensors").read_bytes()
@@ -130,7 +130,7 @@ def test_nan_loss_stops_with_terms_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 
 def test_an_empty_last_pointer_is_a_clear_error(tmp_path):
-    from train.errors import CheckpointError
+    from dpsims.errors import CheckpointError
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last").write_text("\n")
@@ -139,7 +139,7 @@ def test_an_empty_last_pointer_is_a_clear_error(tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    from train.errors import CheckpointError
+    from dpsims.errors import CheckpointError
 
     bad = tmp_path / "generator_ema.safetensors"
     bad.write_bytes(b"not a safetensors file at all")
@@ -197,7 +197,7 @@ def test_torchrun_two_processes_share_the_global_batch_and_resume_exactly(tmp_pa
 def _agree_worker(rank: int, world: int, init: str, results) -> None:
     import torch.distributed as dist
 
-    from train.errors import TrainingDiverged
+    from dpsims.errors import TrainingDiverged
     from train.loop import Dist, _check_finite, agree
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -250,7 +250,7 @@ def test_micro_batches_accumulate_into_one_step_per_global_batch(tmp_path, monke
 
 
 def test_micro_batch_must_divide_the_process_batch(tmp_path):
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"batch_per_gpu=3 must divide the batch of each process, 4"):
         train(tiny_cfg(2, "train.batch_per_gpu=3"), tmp_path / "run")
@@ -258,7 +258,7 @@ def test_micro_batch_must_divide_the_process_batch(tmp_path):
 
 
 def test_global_batch_must_split_over_the_processes(tmp_path, monkeypatch):
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"batch_size=4 is the global batch.*multiple of 3"):
@@ -267,7 +267,7 @@ def test_global_batch_must_split_over_the_processes(tmp_path, monkeypatch):
 
 
 def test_a_split_smaller_than_the_batch_is_an_error_not_an_endless_wait(tmp_path):
-    from train.errors import ConfigError
+    from dpsims.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"holds 3 samples: too few for a batch of 4"):
         train(tiny_cfg(2, "data.synthetic_length=3"), tmp_path / "run")

@@ -1,5 +1,5 @@
 """Train DP-SIMS: configs, data, models, losses, the training loop, checkpoints, evaluation."""
 
-from runtimes._version import __version__
+from dpsims._version import __version__
 
 __all__ = ["__version__"]

@@ -12,11 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from train.errors import DpSimsError
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from runtimes.cli import make_parser
+    from dpsims.cli import make_parser
 
     p = make_parser("train", "Train DP-SIMS (semantic image synthesis GAN).", __doc__)
     p.add_argument("--config", help="preset name (e.g. synthetic-tiny) or YAML file")
@@ -38,10 +36,10 @@ def _main_process() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtimes.cli import configure_logging, prog_name, run_cli
+    from dpsims.cli import configure_logging, prog_name, run_cli
 
     configure_logging(args.log_level if _main_process() else "ERROR")
-    return run_cli(prog_name("train"), lambda: run(args), errors=(DpSimsError,))
+    return run_cli(prog_name("train"), lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,30 +51,30 @@ def run(args: argparse.Namespace) -> int:
     if args.backbone_weights:
         overrides.append(f"model.discriminator.weights={args.backbone_weights}")
     if args.resume and (args.config or args.out):
-        from train.errors import ConfigError
+        from dpsims.errors import ConfigError
 
         raise ConfigError(f"--resume {args.resume} continues that run with its own config.yaml and folder: drop "
                           "--config/--out (change values with --set), or start a new run without --resume.")
     if args.resume:
         if not (args.resume / "config.yaml").exists():
-            from train.errors import CheckpointError
+            from dpsims.errors import CheckpointError
 
             raise CheckpointError(f"Cannot resume {args.resume}: it has no config.yaml. Give a run folder written by `python -m train`.")
         cfg = load_config(args.resume / "config.yaml", overrides)
         run_dir = args.resume
     else:
         if not args.config:
-            from train.errors import ConfigError
+            from dpsims.errors import ConfigError
 
             raise ConfigError("Give --config PRESET_OR_YAML (e.g. --config synthetic-tiny) or --resume RUN_DIR.")
         cfg = load_config(args.config, overrides)
         run_dir = args.out or Path("runs") / cfg.name
         if run_dir.exists() and not run_dir.is_dir():
-            from train.errors import ConfigError
+            from dpsims.errors import ConfigError
 
             raise ConfigError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing).")
         if (run_dir / "checkpoints" / "last").exists() and not args.print_config:
-            from train.errors import ConfigError
+            from dpsims.errors import ConfigError
 
             raise ConfigError(
                 f"{run_dir} already holds a training run. Continue it with --resume {run_dir}, or choose another --out."

@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from runtimes.files import atomic_path, atomic_write
+from dpsims.errors import CheckpointError
+from dpsims.files import atomic_path, atomic_write
 from train.config import GeneratorConfig, _from_dict
-from train.errors import CheckpointError
 
 FORMAT_VERSION = 1
 META_KEY = "dp_sims"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from train.errors import ConfigError
+from dpsims.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: presets ship in the wheel
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.errors import DpSimsError
+from dpsims.errors import DpSimsError, InputError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -49,7 +49,7 @@ def fid_weights_hint() -> str:
 
 
 def sha256(path: Path) -> str:
-    from runtimes.files import sha256_file
+    from dpsims.files import sha256_file
 
     return sha256_file(path)
 
@@ -445,7 +445,7 @@ class PixelDiversity:
 
     def add(self, images_by_seed: list[np.ndarray]) -> None:
         if len(images_by_seed) != self.seeds:
-            raise ValueError(f"expected the images of {self.seeds} seeds, got {len(images_by_seed)}.")
+            raise InputError(f"expected the images of {self.seeds} seeds, got {len(images_by_seed)}.")
         for a in range(self.seeds):
             for b in range(a + 1, self.seeds):
                 diff = np.abs(images_by_seed[a].astype(np.int16) - images_by_seed[b].astype(np.int16))

@@ -54,8 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.progress import progress
-from train.errors import ConfigError, DpSimsError
+from dpsims.errors import ConfigError
+from dpsims.progress import progress
 
 LPIPS_SKIPPED = "LPIPS is not computed: torchmetrics' LPIPS downloads its backbone weights; pixel_diversity stands in."
 
@@ -313,7 +313,7 @@ class Evaluation:
         real = _Measures(self) if self._real is None else None  # kept only once its pass is complete
         diversity = PixelDiversity(seeds)
         seconds = [0.0] * seeds
-        for lo in progress(range(0, n, self.chunk), "evaluate", logger="train"):
+        for lo in progress(range(0, n, self.chunk), "evaluate"):
             hi = min(n, lo + self.chunk)
             images, labels = read_val(self.dataset, lo, hi)
             if real is not None:
@@ -535,7 +535,7 @@ def _same_evaluation(reports: list[dict[str, Any]]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from runtimes.cli import make_parser
+    from dpsims.cli import make_parser
 
     p = make_parser(
         "train.evaluate",
@@ -660,7 +660,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtimes.cli import configure_logging, prog_name, run_cli
+    from dpsims.cli import configure_logging, prog_name, run_cli
 
     configure_logging(args.log_level)
 
@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
         return 0
 
-    return run_cli(prog_name("train.evaluate"), body, errors=(DpSimsError,))
+    return run_cli(prog_name("train.evaluate"), body)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import random
 import signal
@@ -26,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dpsims.errors import CheckpointError, ConfigError, TrainingDiverged
+from dpsims.logs import get_logger
 from train import losses
 from train.checkpoint import (
     GeneratorInfo,
@@ -38,11 +39,10 @@ from train.checkpoint import (
 )
 from train.config import Config, save_config
 from train.ema import make_ema, recompute_batch_stats, update_ema
-from train.errors import CheckpointError, ConfigError, TrainingDiverged
 from train.models.discriminator import Discriminator
 from train.models.generator import Generator
 
-log = logging.getLogger("train")
+log = get_logger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- set-up

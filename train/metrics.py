@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dpsims.errors import InputError
+
 if TYPE_CHECKING:
     from train.data.synthetic import SyntheticScenes
 
@@ -33,17 +35,17 @@ def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_id: int | 
     ``ignore_id`` are dropped. Ids outside 0..C-1 are an error."""
     pred, target = _numpy(pred), _numpy(target)
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}.")
+        raise InputError(f"pred and target shapes differ: {pred.shape} vs {target.shape}.")
     for name, a in (("pred", pred), ("target", target)):
         if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"{name} must hold integer class ids, got {a.dtype}.")
+            raise InputError(f"{name} must hold integer class ids, got {a.dtype}.")
     pred, target = pred.ravel().astype(np.int64), target.ravel().astype(np.int64)
     if ignore_id is not None:
         keep = target != ignore_id
         pred, target = pred[keep], target[keep]
     for name, a in (("pred", pred), ("target", target)):
         if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"{name} ids {a.min()}..{a.max()} are outside 0..{num_classes - 1}.")
+            raise InputError(f"{name} ids {a.min()}..{a.max()} are outside 0..{num_classes - 1}.")
     counts = np.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
@@ -80,7 +82,7 @@ def to_uint8_nhwc(images: Any) -> np.ndarray:
 
     x = _numpy(images)
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
-        raise ValueError(f"images must be [N, 3, H, W] or [3, H, W], got shape {x.shape}.")
+        raise InputError(f"images must be [N, 3, H, W] or [3, H, W], got shape {x.shape}.")
     return to_uint8(x.astype(np.float32))
 
 
@@ -101,5 +103,5 @@ def label_consistency_confusion(images: Any, labels: Any, scenes: SyntheticScene
     labels = _numpy(labels)
     pred = scenes.classify(images)
     if pred.shape != labels.shape:
-        raise ValueError(f"images give label maps of shape {pred.shape}, labels have shape {labels.shape}.")
+        raise InputError(f"images give label maps of shape {pred.shape}, labels have shape {labels.shape}.")
     return confusion_matrix(pred, labels, scenes.num_classes)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpsims.errors import BackendUnavailable, DpSimsError
 from runtimes import imaging, load_predictor
-from runtimes.errors import BackendUnavailable, RuntimeErrorBase
 from runtimes.predictor import check_class_ids
 from runtimes.spec import Manifest, read_manifest
 
@@ -84,8 +84,8 @@ def jetson_status() -> dict[str, str]:
 
 
 def configure_logging(quiet: bool) -> None:
-    """Progress of the engine build (dp_sims.tensorrt: phases, minutes on a Jetson) on stderr, once."""
-    logger = logging.getLogger("dp_sims")
+    """Progress of the engine build (dpsims.runtimes.trt_engine: phases, minutes on a Jetson) on stderr, once."""
+    logger = logging.getLogger("dpsims")
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     for old in [h for h in logger.handlers if getattr(h, "_run_jetson", False)]:  # main() called again
         logger.removeHandler(old)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if manifest.target != "tensorrt":
             print(f"note: {args.model} is a {manifest.target} artifact; this example is about TensorRT.", file=sys.stderr)
         maps = read_label_maps(args.labels, manifest)
-    except (RuntimeErrorBase, OSError) as e:
+    except (DpSimsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     status = jetson_status()
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TensorRT cannot run here: {e}\nThe artifact and {len(maps)} label map(s) were read and checked; "
               "run this script on the Jetson (see examples/jetson/README.md).", file=sys.stderr)
         return EXIT_NO_TENSORRT
-    except RuntimeErrorBase as e:
+    except DpSimsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     open_seconds = time.perf_counter() - start

@@ -45,7 +45,7 @@ try:
 except ImportError as e:  # the example's own dependencies
     raise SystemExit(f"The web painter needs {e.name}: pip install 'dp-sims[web]'") from None
 
-from runtimes import InputError, RuntimeErrorBase, load_predictor, read_manifest
+from runtimes import DpSimsError, InputError, load_predictor, read_manifest
 from runtimes.predictor import Predictor
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -198,7 +198,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runtimes.cli import add_logging_options, add_version, configure_logging
+    from dpsims.cli import add_logging_options, add_version, configure_logging
 
     parser = argparse.ArgumentParser(description="Paint label maps in the browser, get DP-SIMS images.")
     add_version(parser)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # open the model before serving: a bad artifact or device is one line here, not a server traceback
         predictor = load_predictor(args.model, args.device)
         app = create_app(args.model, args.device, predictor=predictor)
-    except RuntimeErrorBase as e:
+    except DpSimsError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"DP-SIMS web painter ({predictor.target} {predictor.precision}): http://{args.host}:{args.port}/", flush=True)

@@ -1,7 +1,7 @@
 """Backend registry: a manifest's ``target`` names a ``module:Class``, imported only when such an artifact opens.
 
 The backend is chosen from the manifest's target alone, never from a file suffix. Each backend module imports its
-inference library inside ``__init__`` (through :func:`runtimes._optional.require`), so importing this package
+inference library inside ``__init__`` (through :func:`dpsims.optional.require`), so importing this package
 costs nothing and a missing library surfaces as :class:`BackendUnavailable` naming the pip extra to install.
 """
 
@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dpsims.errors import BackendUnavailable, InputError, ManifestError
 from runtimes.backends.base import Backend
-from runtimes.errors import BackendUnavailable, InputError, ManifestError
 from runtimes.spec import Manifest
 from runtimes.targets import TARGETS
 

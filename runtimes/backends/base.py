@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import InputError, ManifestError
+from dpsims.errors import InputError, ManifestError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, Manifest
 
 

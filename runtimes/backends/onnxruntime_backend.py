@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from runtimes._optional import require
+from dpsims.errors import BackendUnavailable, InputError, ManifestError
+from dpsims.optional import require
 from runtimes.backends.base import Backend, check_input_shapes, int_option
-from runtimes.errors import BackendUnavailable, InputError, ManifestError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"

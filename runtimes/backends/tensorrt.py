@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from dpsims.errors import DpSimsError, InputError, ManifestError, PredictorClosed
 from runtimes.backends.base import Backend, int_option
 from runtimes.cuda import CudaApi, open_cuda
-from runtimes.errors import InputError, ManifestError, RuntimeErrorBase
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
 from runtimes.trt_engine import GPU_ONLY, LoadedEngine, import_tensorrt, load_or_build, numpy_dtype
 
 __all__ = ["TensorRTBackend", "TensorRTRunError", "parse_device", "open_cuda", "CudaApi"]
 
 
-class TensorRTRunError(RuntimeErrorBase, RuntimeError):
+class TensorRTRunError(DpSimsError, RuntimeError):
     """TensorRT could not set up or run the engine (no memory for an execution context, a refused address...)."""
 
 
@@ -116,7 +116,7 @@ class TensorRTBackend(Backend):
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._context is None:
-            raise RuntimeError("This TensorRT backend is closed.")
+            raise PredictorClosed("This TensorRT backend is closed.")
         cuda, ctx, stream = self._cuda, self._context, self._stream
         arrays = {n: np.ascontiguousarray(inputs[n], dtype=self._dtypes[n]) for n in self._inputs}
         n = len(arrays[INPUT_LABEL])

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dpsims.errors import DataError
 from train.data.synthetic import SyntheticScenes
-from train.errors import DataError
 
 if TYPE_CHECKING:
     from train.config import DataConfig

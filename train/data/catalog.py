@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.errors import DataError
+from dpsims.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "classes"
 
@@ -43,12 +43,12 @@ class ClassList:
     def __post_init__(self) -> None:
         n = len(self.names)
         if len(self.palette) != n or len(self.raw) != n:
-            raise ValueError(f"names, palette and raw must have the same length, got {n}, {len(self.palette)}, {len(self.raw)}.")
+            raise DataError(f"names, palette and raw must have the same length, got {n}, {len(self.palette)}, {len(self.raw)}.")
         used = [r for r in self.raw if r is not None]
         if len(set(used)) != len(used):
-            raise ValueError("two classes share the same label-file value.")
+            raise DataError("two classes share the same label-file value.")
         if self.ignore_id is not None and not 0 <= self.ignore_id < n:
-            raise ValueError(f"ignore_id {self.ignore_id} is not a class id (0..{n - 1}).")
+            raise DataError(f"ignore_id {self.ignore_id} is not a class id (0..{n - 1}).")
 
     def __len__(self) -> int:
         return len(self.names)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dpsims.errors import DataError
 from train.data.sources import Source
 from train.data.synthetic import SyntheticScenes
 from train.data.transforms import PairTransform
@@ -40,7 +41,7 @@ class SyntheticDataset(LabeledImages):
 
     def __init__(self, scenes: SyntheticScenes, length: int, name: str = "synthetic"):
         if length < 1:
-            raise ValueError(f"length must be >= 1, got {length}.")
+            raise DataError(f"length must be >= 1, got {length}.")
         self.scenes = scenes
         self.length = length
         self.name = name

@@ -28,8 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from dpsims.errors import DataError
 from train.data.synthetic import SyntheticScenes
-from train.errors import DataError
 
 FIT_SCENES = 192
 """Real scenes the label-consistency classifier is fitted on (fixed seed :data:`FIT_SEED`, the scenes' size)."""
@@ -121,7 +121,7 @@ class PhotoScenes(SyntheticScenes):
 
     def __init__(self, num_classes: int = MAX_CLASSES, size: tuple[int, int] = (64, 64), seed: int = 0):
         if not 2 <= num_classes <= MAX_CLASSES:
-            raise ValueError(f"num_classes must be within 2..{MAX_CLASSES} for the photographic scenes "
+            raise DataError(f"num_classes must be within 2..{MAX_CLASSES} for the photographic scenes "
                              f"({MAX_CLASSES} textures), got {num_classes}.")
         super().__init__(num_classes, size, seed)
         self._tiles = texture_tiles(min(self.size))[:num_classes]

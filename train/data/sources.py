@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpsims.errors import DataError
 from train.data.catalog import ClassList, load_builtin, read_classes_file
-from train.errors import DataError
 
 SPLITS = ("train", "val")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -28,6 +28,7 @@ import colorsys
 
 import numpy as np
 
+from dpsims.errors import DataError
 from train.data.catalog import distinct_colors
 
 PERIOD = 4
@@ -80,12 +81,12 @@ class SyntheticScenes:
 
     def __init__(self, num_classes: int = 8, size: tuple[int, int] = (64, 64), seed: int = 0):
         if not 2 <= num_classes <= MAX_CLASSES:
-            raise ValueError(f"num_classes must be within 2..{MAX_CLASSES}, got {num_classes}.")
+            raise DataError(f"num_classes must be within 2..{MAX_CLASSES}, got {num_classes}.")
         h, w = (int(v) for v in size)
         if h < 2 * PERIOD or w < 2 * PERIOD:
-            raise ValueError(f"size must be at least {2 * PERIOD}x{2 * PERIOD}, got {h}x{w}.")
+            raise DataError(f"size must be at least {2 * PERIOD}x{2 * PERIOD}, got {h}x{w}.")
         if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}.")
+            raise DataError(f"seed must be >= 0, got {seed}.")
         self.num_classes = num_classes
         self.size = (h, w)
         self.seed = int(seed)
@@ -107,7 +108,7 @@ class SyntheticScenes:
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         if index < 0:
-            raise IndexError(f"index must be >= 0, got {index}.")
+            raise DataError(f"a scene index must be >= 0, got {index}.")
         return np.random.default_rng([self.seed, int(index), stream])
 
     # --------------------------------------------------------------------------------------------- layout
@@ -133,9 +134,9 @@ class SyntheticScenes:
         """``label`` as an integer array [H, W] with ids 0..num_classes-1, or ValueError saying what is wrong."""
         label = np.asarray(label)
         if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
-            raise ValueError(f"label must be an integer array [H, W], got {label.dtype} {label.shape}.")
+            raise DataError(f"label must be an integer array [H, W], got {label.dtype} {label.shape}.")
         if label.size and (label.min() < 0 or label.max() >= self.num_classes):
-            raise ValueError(f"label ids must be within 0..{self.num_classes - 1}, got {label.min()}..{label.max()}.")
+            raise DataError(f"label ids must be within 0..{self.num_classes - 1}, got {label.min()}..{label.max()}.")
         return label
 
     # ------------------------------------------------------------------------------------------ classifier
@@ -145,10 +146,10 @@ class SyntheticScenes:
         single = images.ndim == 3
         batch = images[None] if single else images
         if batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"images must be [N, H, W, 3] or [H, W, 3] RGB, got shape {images.shape}.")
+            raise DataError(f"images must be [N, H, W, 3] or [H, W, 3] RGB, got shape {images.shape}.")
         n, h, w, _ = batch.shape
         if h < PERIOD or w < PERIOD:
-            raise ValueError(f"images must be at least {PERIOD}x{PERIOD}, got {h}x{w}.")
+            raise DataError(f"images must be at least {PERIOD}x{PERIOD}, got {h}x{w}.")
         out = np.empty((n, h, w), np.int64)
         chunk = max(1, 8_000_000 // (h * w * self.num_classes))  # bounds the [chunk, H, W, K] distance array
         for start in range(0, n, chunk):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpsims.errors import DataError
+
 
 @dataclass(frozen=True)
 class PairTransform:
@@ -29,12 +31,12 @@ class PairTransform:
     def __post_init__(self) -> None:
         h, w = self.image_size
         if self.load_size is not None and (self.load_size[0] < h or self.load_size[1] < w):
-            raise ValueError(f"load_size {list(self.load_size)} must be at least image_size {[h, w]} in each dimension.")
+            raise DataError(f"load_size {list(self.load_size)} must be at least image_size {[h, w]} in each dimension.")
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [H, W, 3] and int [H, W] of the same size -> the transformed pair."""
         if image.shape[:2] != label.shape:
-            raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ.")
+            raise DataError(f"image {image.shape[:2]} and label {label.shape} sizes differ.")
         size = self.load_size or self.image_size
         image, label = resize_image(image, size), resize_label(label, size)
         top, left, flip = sample_params(rng, size, self.image_size, self.train, self.flip and self.train)

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from dpsims.errors import InputError
+
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """Integer ids [..., H, W] -> uint8 RGB [..., H, W, 3] using ``palette[id]``."""
     label = np.asarray(label)
     table = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     if not np.issubdtype(label.dtype, np.integer):
-        raise ValueError(f"label must hold integer ids, got {label.dtype}.")
+        raise InputError(f"label must hold integer ids, got {label.dtype}.")
     if label.size and (label.min() < 0 or label.max() >= len(table)):
-        raise ValueError(f"label ids {label.min()}..{label.max()} do not fit a palette of {len(table)} colours.")
+        raise InputError(f"label ids {label.min()}..{label.max()} do not fit a palette of {len(table)} colours.")
     return table[label]
 
 
@@ -25,7 +27,7 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, background: in
     from runtimes.imaging import tile_rows
 
     if not rows or not any(len(r) for r in rows):
-        raise ValueError("make_grid needs at least one image.")
+        raise InputError("make_grid needs at least one image.")
     return tile_rows([[_rgb(img) for img in row] for row in rows], pad=pad, border=pad, background=background)
 
 
@@ -33,7 +35,7 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, pad: int =
     """Write :func:`make_grid` as a PNG, atomically (a temporary file in the same folder, then a rename)."""
     from PIL import Image
 
-    from runtimes.files import atomic_path
+    from dpsims.files import atomic_path
 
     path = Path(path)
     grid = make_grid(rows, pad=pad)
@@ -45,9 +47,9 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, pad: int =
 def _rgb(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.dtype != np.uint8:
-        raise ValueError(f"grid images must be uint8, got {img.dtype} (convert with train.metrics.to_uint8_nhwc).")
+        raise InputError(f"grid images must be uint8, got {img.dtype} (convert with train.metrics.to_uint8_nhwc).")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"grid images must be [H, W, 3] (or [H, W] grey), got {img.shape}.")
+        raise InputError(f"grid images must be [H, W, 3] (or [H, W] grey), got {img.shape}.")
     return img

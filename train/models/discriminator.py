@@ -14,7 +14,6 @@ Every pixel is classified into the N semantic classes or "fake" (class 0 of the 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpsims.errors import ConfigError
+from dpsims.logs import get_logger
 from train.config import DiscriminatorConfig
-from train.errors import ConfigError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class DiscriminatorOutput(NamedTuple):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from train.errors import ConfigError
+from dpsims.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

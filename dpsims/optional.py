@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from runtimes.errors import BackendUnavailable
+from dpsims.errors import BackendUnavailable
 
 
 def require(module: str, extra: str, what: str | None = None) -> ModuleType:

@@ -1,9 +1,7 @@
 """Progress bars for the long loops of calibration, export and evaluation: tqdm bars on stderr, shown on a
-terminal and hidden elsewhere (logs, CI, pytest), and hidden whenever the logger that reports the step is quieter
-than INFO (``-q`` / ``--log-level WARNING`` on the command lines). Without tqdm the loops simply run.
-
-It lives in ``runtimes`` (imported lazily, tqdm only inside the functions) because every package may import
-``runtimes`` and no other package is below them all."""
+terminal and hidden elsewhere (logs, CI, pytest), and hidden whenever the project's logger (``dpsims``, or the one
+given) is quieter than INFO (``-q`` / ``--log-level WARNING`` on the command lines). Without tqdm the loops simply
+run (tqdm is imported inside the functions)."""
 
 from __future__ import annotations
 
@@ -12,10 +10,12 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from dpsims.logs import ROOT
+
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, logger: str = "export",
+def progress(items: Iterable[T], desc: str, total: int | None = None, logger: str = ROOT,
              unit: str = "it") -> Iterable[T]:
     """``items`` wrapped in a tqdm bar named ``desc`` (removed when done), or ``items`` itself where no bar shows."""
     if not logging.getLogger(logger).isEnabledFor(logging.INFO):
@@ -27,7 +27,7 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, logger: st
     return tqdm(items, desc=desc, total=total, unit=unit, leave=False, disable=None, dynamic_ncols=True)
 
 
-def bar(desc: str, total: int | None = None, logger: str = "export", unit: str = "it") -> Any:
+def bar(desc: str, total: int | None = None, logger: str = ROOT, unit: str = "it") -> Any:
     """A tqdm bar to ``update()`` by hand (for callbacks), or a stand-in that does nothing."""
     if logging.getLogger(logger).isEnabledFor(logging.INFO):
         try:

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtimes._version import __version__
+from dpsims._version import __version__
+from dpsims.errors import DpSimsError
+from dpsims.logs import ROOT
+from dpsims.optional import missing_module_message
 
 
 def prog_name(module: str) -> str:
@@ -67,22 +70,16 @@ def add_logging_options(parser: argparse.ArgumentParser) -> None:
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
 
 
-#: the packages whose log records a command line shows at its --log-level; other libraries' records show from
-#: WARNING up (their INFO chatter is not this package's progress)
-PACKAGES = ("train", "export", "calibration", "runtimes", "benchmarks", "examples", "dp_sims")
-
-
 def configure_logging(level: str | int = "INFO") -> None:
-    """Log this package's records at ``level`` (INFO: the progress of long steps) and other libraries' from
-    WARNING up, to stderr. Only a command line's main() calls this: library code never changes the logging setup
+    """Log dp-sims' records (the ``dpsims`` logger namespace, ``dpsims.logs``) at ``level`` (INFO: the progress of
+    long steps) and other libraries' from WARNING up, to stderr. Only a command line's main() calls this: library code never changes the logging setup
     of the process that imports it. A process that set up logging already (an app, pytest) keeps its handlers."""
     if isinstance(level, str):
         level = getattr(logging, level.upper())
     root = level if level <= logging.DEBUG else max(level, logging.WARNING)
     logging.basicConfig(level=root, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for name in PACKAGES:
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger(ROOT).setLevel(level)
 
 
 def key_value(text: str) -> tuple[str, Any]:
@@ -104,15 +101,12 @@ def fail(prog: str, message: str) -> int:
 
 
 def run_cli(prog: str, body: Callable[[], int], errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a command's body; a user error (:class:`runtimes.errors.RuntimeErrorBase`, or one of ``errors``, e.g.
-    the training package's DpSimsError) or a missing optional library is one line on stderr and exit code 2, not
-    a traceback. Other exceptions (bugs) surface as they are."""
-    from runtimes._optional import missing_module_message
-    from runtimes.errors import RuntimeErrorBase
-
+    """Run a command's body; a user error (:class:`dpsims.errors.DpSimsError`, and the command's own ``errors``,
+    e.g. ``OSError`` for a command whose arguments are file paths) or a missing optional library is one line on
+    stderr and exit code 2, not a traceback. Other exceptions (bugs) surface as they are."""
     try:
         return body()
-    except (RuntimeErrorBase, *errors) as e:
+    except (DpSimsError, *errors) as e:
         return fail(prog, str(e))
     except ImportError as e:
         if (message := missing_module_message(e, prog)) is None:
