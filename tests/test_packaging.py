@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("train", "export", "calibration", "runtimes")
+PACKAGES = ("dpsims", "train", "export", "calibration", "runtimes")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
