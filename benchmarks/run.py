@@ -208,11 +208,15 @@ def free_gpu(device: str) -> None:
 
 
 def inputs(batch: int, input_size, noise_shape, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blocky label maps of ``seed`` and the noise a predictor feeds the graph for them with ``seed=seed``
+    (:func:`runtimes.noise.sample_noise`: map i, seed + i), so every row, torch or artifact, times the same images."""
+    from runtimes.noise import sample_noise, seed_list
+
     rng = np.random.default_rng(seed)
     cell = max(1, min(input_size) // 8)
     coarse = rng.integers(0, num_classes, size=(batch, -(-input_size[0] // cell), -(-input_size[1] // cell)))
     label = coarse.repeat(cell, 1).repeat(cell, 2)[:, : input_size[0], : input_size[1]].astype(np.int32)
-    return label, rng.standard_normal((batch, *noise_shape), dtype=np.float32)
+    return label, sample_noise(seed_list(seed, batch), noise_shape)
 
 
 # ------------------------------------------------------------------------------------------------ models

@@ -1,5 +1,9 @@
 """The one source of calibration data: label maps from a chosen source plus noise drawn from a fixed seed.
 
+Sample ``i`` of a set of seed ``s`` carries the noise of seed ``s + i`` as the runtimes draw it
+(:mod:`runtimes.noise`), so a calibration or held-out sample is the image ``generate(map_i, seed=s + i)`` of any
+backend, and the quality report compares what users get for that map and seed.
+
 Every quantizer (ONNX Runtime, NNCF, ModelOpt, TensorRT, coremltools) and every quality report reads the same
 :class:`CalibrationSet`, so the numbers in two manifests are comparable. Sources:
 
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dpsims.errors import DataError, InputError
+from runtimes.noise import sample_noise, seed_list
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE
 from train.data import BUILTIN_SCENES
 
@@ -85,8 +90,9 @@ class CalibrationSet:
 
 
 def draw_noise(samples: int, noise_shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Standard-normal noise as the runtimes draw it: ``numpy.random.default_rng(seed)``, float32."""
-    return np.random.default_rng(seed).standard_normal((samples, *noise_shape), dtype=np.float32)
+    """The noise of samples ``0 .. samples-1``: sample ``i`` gets the noise of seed ``seed + i``, exactly what
+    ``predictor.generate(map_i, seed=seed + i)`` feeds the graph (:func:`runtimes.noise.sample_noise`)."""
+    return sample_noise(seed_list(seed, samples), noise_shape)
 
 
 def load_calibration_set(

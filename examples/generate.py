@@ -8,8 +8,7 @@ import sys
 import numpy as np
 
 import runtimes
-from dpsims.errors import DpSimsError
-from runtimes import imaging, load_predictor
+from runtimes import DpSimsError, image_grid, load_predictor, save_png
 
 if sys.argv[1:] == ["--version"]:
     sys.exit(f"dp-sims {runtimes.__version__}")
@@ -20,7 +19,7 @@ try:
     with load_predictor(artifact) as predictor:  # any target: onnx, openvino, tensorrt, coreml, torch
         images = predictor.generate_variations(label_png, n=4, seed=0)  # (4, H, W, 3) uint8, same on every backend
         shown = predictor.colorize(label_png)  # the label map in the artifact's class colours
-        imaging.save_png(out_png, imaging.image_grid(np.stack([shown, *images])))
+        save_png(out_png, image_grid(np.stack([shown, *images])))
 except DpSimsError as e:  # a bad artifact or label map, a missing runtime: the message says what to do
     sys.exit(f"error: {e}")
 print(f"{predictor.target} {predictor.precision}: wrote {out_png}")

@@ -1,5 +1,8 @@
 """Label-map and image IO for the predictor: numpy always, pillow only when a file or PIL image is involved.
 
+The graph's float output becomes uint8 pixels here too (:func:`to_uint8`), so the predictor, training's samples and
+metrics and the evaluation convert images one way without importing each other.
+
 Label maps arrive as palette PNGs (mode ``P``: the palette indices are the class ids, as ADE20K, VOC and
 Cityscapes store them), grey PNGs (mode ``L``/``I``: the values are the ids), colour-coded PNGs (mode ``RGB``:
 each colour is a class colour of the artifact's palette) or ``.npy`` arrays.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +151,12 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     path = Path(path)
     pil.fromarray(image).save(path, format="PNG")
     return path
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1], channels first ([3, H, W] or [N, 3, H, W]) -> uint8 channels last (round, clip)."""
+    if not np.isfinite(images).all():
+        warnings.warn("The model produced NaN or infinite pixels; they are written as mid-grey.", RuntimeWarning, stacklevel=3)
+        images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=-1.0)
+    pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(pixels, -3, -1))

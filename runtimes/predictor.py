@@ -4,17 +4,18 @@
 >>> with load_predictor("artifacts/ade20k-onnx-fp32") as predictor:
 ...     image = predictor.generate("label.png", seed=0)          # (H, W, 3) uint8
 
-Noise is sampled on the host, one generator per image: image ``i`` of a batch uses
+Noise is sampled on the host by :mod:`runtimes.noise`, one generator per image: image ``i`` of a batch uses
 ``np.random.default_rng(seed_i).standard_normal((1, *noise_shape), dtype=np.float32)``. A single int ``seed`` for a
 batch of N maps means seeds ``seed, seed + 1, ..., seed + N - 1``, so map ``i`` alone with ``seed + i`` gives the
 same image as in the batch, and the same seed gives the same image on every backend (within its precision).
+Label maps are checked against the artifact's manifest by :func:`prepare_labels`, which needs no backend (a device
+script can check its maps before minutes of engine building).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from dpsims.errors import InputError, ManifestError, PredictorClosed
 from runtimes import imaging
 from runtimes.backends import BACKENDS
 from runtimes.backends.base import Backend
+from runtimes.imaging import to_uint8
+from runtimes.noise import Seed, sample_noise, seed_list
 from runtimes.spec import (
     INPUT_LABEL,
     INPUT_NOISE,
@@ -53,6 +56,86 @@ def check_class_ids(labels: np.ndarray, num_classes: int, ignore_id: int | None,
         )
 
 
+def prepare_labels(
+    label_map: LabelMap, manifest: Manifest, resize: bool = False, check_size: bool = True
+) -> tuple[np.ndarray, bool]:
+    """Validate and convert any accepted label map to int32 (N, H, W) for the artifact ``manifest`` describes; also
+    says whether it was a batch. ``label_map``: an integer (H, W) or (N, H, W) array of class ids, a PIL image (mode
+    P, L/I or RGB in the artifact's palette colours), a path to a PNG or .npy file, or a list of such maps.
+    ``resize``: resize maps of another size to the artifact's input size (nearest); without it (and with
+    ``check_size``) another size is an InputError. A path is named in the error for an unknown class id."""
+    if isinstance(label_map, (list, tuple)) and label_map and _is_map_object(label_map[0]):
+        maps = [_single_map(m, manifest, resize, check_size) for m in label_map]
+        if len({m.shape for m in maps}) > 1:
+            raise InputError(f"The label maps of a batch differ in size: {sorted({m.shape for m in maps})}.")
+        return np.stack(maps), True
+    labels = _to_id_array(label_map, manifest)
+    batched = labels.ndim == 3
+    labels = _validate(labels, manifest, resize, check_size, _what(label_map))
+    return (labels if batched else labels[None]), batched
+
+
+def ids_from_colors(rgb: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Class ids [..., H, W] of a colour-coded map [..., H, W, 3] drawn in the artifact's palette colours (black is
+    the ignore id, as :meth:`Predictor.colorize` draws it, when the artifact has one and no class is black)."""
+    return imaging.colors_to_ids(rgb, _palette_of(manifest), manifest.ignore_id)
+
+
+def _palette_of(manifest: Manifest) -> np.ndarray:
+    return np.asarray(manifest.palette, dtype=np.uint8).reshape(-1, 3)
+
+
+def _what(label_map: Any) -> str:
+    return str(label_map) if isinstance(label_map, (str, os.PathLike)) else "The label map"
+
+
+def _single_map(label_map: Any, manifest: Manifest, resize: bool, check_size: bool) -> np.ndarray:
+    labels = _to_id_array(label_map, manifest)
+    if labels.ndim != 2:
+        raise InputError(f"Each map of a list must be one (H, W) map, got shape {labels.shape}.")
+    return _validate(labels, manifest, resize, check_size, _what(label_map))
+
+
+def _to_id_array(label_map: Any, manifest: Manifest) -> np.ndarray:
+    if isinstance(label_map, (str, os.PathLike)):
+        array, is_rgb = imaging.read_label_file(label_map)
+    elif imaging.is_pil_image(label_map):
+        array, is_rgb = imaging.pil_to_array(label_map)
+    elif isinstance(label_map, (np.ndarray, list, tuple)) or hasattr(label_map, "__array__") or np.isscalar(label_map):
+        try:
+            array, is_rgb = np.asarray(label_map), False
+        except ValueError as e:  # ragged nested lists
+            raise InputError(f"The label map is not a rectangular array ({e}).") from None
+    else:
+        raise InputError(
+            f"label_map must be an integer array, a PIL image, a path to a PNG/.npy file or a list of those; "
+            f"got {type(label_map).__name__}."
+        )
+    return ids_from_colors(array, manifest) if is_rgb else array
+
+
+def _validate(labels: np.ndarray, manifest: Manifest, resize: bool, check_size: bool, what: str) -> np.ndarray:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(
+            f"A label map must hold integer class ids, got dtype {labels.dtype}. Floats are refused even when "
+            "integral (they usually mean an image or a normalised map); convert with .astype(np.int32)."
+        )
+    if labels.ndim not in (2, 3):
+        raise InputError(f"A label map must be (H, W) or (N, H, W), got {labels.ndim} dimensions {labels.shape}.")
+    if labels.size == 0:
+        raise InputError(f"The label map is empty (shape {labels.shape}).")
+    check_class_ids(labels, manifest.num_classes, manifest.ignore_id, what)
+    size = (int(manifest.input_size[0]), int(manifest.input_size[1]))
+    if labels.shape[-2:] != size and check_size:
+        if not resize:
+            raise InputError(
+                f"This artifact takes {size[0]}x{size[1]} label maps, got {labels.shape[-2]}x{labels.shape[-1]}. "
+                "Pass resize=True (command line: --resize) to resize (nearest) or resize the map yourself."
+            )
+        labels = imaging.resize_nearest(labels, size)
+    return labels.astype(np.int32)
+
+
 class Predictor:
     """Label maps in, uint8 RGB images out, on whichever backend opened the artifact. Thread-safe; close it
     (or use ``with``) to release the engine."""
@@ -61,7 +144,7 @@ class Predictor:
         self._backend: Backend | None = backend
         self._manifest = manifest
         self._artifact_dir = Path(artifact_dir) if artifact_dir is not None else backend.artifact_dir
-        self._palette = np.asarray(manifest.palette, dtype=np.uint8).reshape(-1, 3)
+        self._palette = _palette_of(manifest)
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------- properties
@@ -108,7 +191,7 @@ class Predictor:
     def generate(
         self,
         label_map: LabelMap,
-        seed: int | Sequence[int] | None = None,
+        seed: Seed = None,
         noise: np.ndarray | None = None,
         batch_size: int | None = None,
         resize: bool = False,
@@ -128,7 +211,7 @@ class Predictor:
     def generate_raw(
         self,
         label_map: LabelMap,
-        seed: int | Sequence[int] | None = None,
+        seed: Seed = None,
         noise: np.ndarray | None = None,
         batch_size: int | None = None,
         resize: bool = False,
@@ -138,7 +221,7 @@ class Predictor:
         if noise is not None and seed is not None:
             raise InputError("Give either seed or noise, not both.")
         if noise is None:
-            noise = self.sample_noise(self._seeds(seed, len(labels)))
+            noise = self.sample_noise(seed_list(seed, len(labels)))
         else:
             noise = self._check_noise(noise, len(labels), batched)
         images = self._run(labels, noise, batch_size)
@@ -153,80 +236,24 @@ class Predictor:
             raise InputError(f"generate_variations takes one label map, got a batch of {len(labels)}.")
         if not _is_int(n) or n < 1:
             raise InputError(f"n must be a positive integer, got {n!r}.")
-        seeds = self._seeds(seed, n)
+        seeds = seed_list(seed, n)
         return to_uint8(self._run(np.repeat(labels, n, axis=0), self.sample_noise(seeds), batch_size))
 
     def sample_noise(self, seeds: Sequence[int]) -> np.ndarray:
-        """Noise for one image per seed: float32 (len(seeds), *noise_shape), the same on every platform."""
-        shape = (1, *self.noise_shape)
-        return np.concatenate(
-            [np.random.default_rng(int(s)).standard_normal(shape, dtype=np.float32) for s in seeds], axis=0
-        )
+        """Noise for one image per seed: float32 (len(seeds), *noise_shape), the same on every platform
+        (:func:`runtimes.noise.sample_noise`)."""
+        return sample_noise(seeds, self.noise_shape)
 
     # --------------------------------------------------------------------------------------- label maps
     def prepare_labels(self, label_map: LabelMap, resize: bool = False, check_size: bool = True) -> tuple[np.ndarray, bool]:
-        """Validate and convert any accepted label map to int32 (N, H, W); also says whether it was a batch."""
-        if isinstance(label_map, (list, tuple)) and label_map and _is_map_object(label_map[0]):
-            maps = [self._single_map(m, resize, check_size) for m in label_map]
-            if len({m.shape for m in maps}) > 1:
-                raise InputError(f"The label maps of a batch differ in size: {sorted({m.shape for m in maps})}.")
-            return np.stack(maps), True
-        labels = self._to_id_array(label_map)
-        batched = labels.ndim == 3
-        labels = self._validate(labels, resize, check_size)
-        return (labels if batched else labels[None]), batched
-
-    def _single_map(self, label_map: Any, resize: bool, check_size: bool) -> np.ndarray:
-        labels = self._to_id_array(label_map)
-        if labels.ndim != 2:
-            raise InputError(f"Each map of a list must be one (H, W) map, got shape {labels.shape}.")
-        return self._validate(labels, resize, check_size)
-
-    def _to_id_array(self, label_map: Any) -> np.ndarray:
-        if isinstance(label_map, (str, os.PathLike)):
-            array, is_rgb = imaging.read_label_file(label_map)
-        elif imaging.is_pil_image(label_map):
-            array, is_rgb = imaging.pil_to_array(label_map)
-        elif isinstance(label_map, (np.ndarray, list, tuple)) or hasattr(label_map, "__array__") or np.isscalar(label_map):
-            try:
-                array, is_rgb = np.asarray(label_map), False
-            except ValueError as e:  # ragged nested lists
-                raise InputError(f"The label map is not a rectangular array ({e}).") from None
-        else:
-            raise InputError(
-                f"label_map must be an integer array, a PIL image, a path to a PNG/.npy file or a list of those; "
-                f"got {type(label_map).__name__}."
-            )
-        return self.ids_from_colors(array) if is_rgb else array
-
-    def _validate(self, labels: np.ndarray, resize: bool, check_size: bool) -> np.ndarray:
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(
-                f"A label map must hold integer class ids, got dtype {labels.dtype}. Floats are refused even when "
-                "integral (they usually mean an image or a normalised map); convert with .astype(np.int32)."
-            )
-        if labels.ndim not in (2, 3):
-            raise InputError(f"A label map must be (H, W) or (N, H, W), got {labels.ndim} dimensions {labels.shape}.")
-        if labels.size == 0:
-            raise InputError(f"The label map is empty (shape {labels.shape}).")
-        self._check_ids(labels)
-        if labels.shape[-2:] != self.input_size and check_size:
-            if not resize:
-                h, w = self.input_size
-                raise InputError(
-                    f"This artifact takes {h}x{w} label maps, got {labels.shape[-2]}x{labels.shape[-1]}. "
-                    "Pass resize=True (command line: --resize) to resize (nearest) or resize the map yourself."
-                )
-            labels = imaging.resize_nearest(labels, self.input_size)
-        return labels.astype(np.int32)
-
-    def _check_ids(self, labels: np.ndarray) -> None:
-        check_class_ids(labels, self.num_classes, self.ignore_id)
+        """Validate and convert any accepted label map to int32 (N, H, W); also says whether it was a batch
+        (:func:`prepare_labels` with this artifact's manifest)."""
+        return prepare_labels(label_map, self._manifest, resize, check_size)
 
     def ids_from_colors(self, rgb: np.ndarray) -> np.ndarray:
         """Class ids [..., H, W] of a colour-coded map [..., H, W, 3] drawn in the artifact's palette colours
         (black is the ignore id, as :meth:`colorize` draws it, when the artifact has one and no class is black)."""
-        return imaging.colors_to_ids(rgb, self._palette, self.ignore_id)
+        return ids_from_colors(rgb, self._manifest)
 
     def colorize(self, label_map: LabelMap) -> np.ndarray:
         """The label map in its class colours: (H, W, 3) or (N, H, W, 3) uint8; ignored pixels are black."""
@@ -237,20 +264,6 @@ class Predictor:
         return colors if batched else colors[0]
 
     # ------------------------------------------------------------------------------------------ running
-    def _seeds(self, seed: int | Sequence[int] | None, n: int) -> list[int]:
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2**63 - n))
-        if _is_int(seed):
-            if seed < 0:
-                raise InputError(f"A seed must be a non-negative integer, got {seed}.")
-            return [int(seed) + i for i in range(n)]
-        if isinstance(seed, (list, tuple, np.ndarray)):
-            seeds = list(np.asarray(seed).reshape(-1)) if isinstance(seed, np.ndarray) else list(seed)
-            if len(seeds) != n or not all(_is_int(s) and s >= 0 for s in seeds):
-                raise InputError(f"seed must list {n} non-negative integers (one per map), got {seed!r}.")
-            return [int(s) for s in seeds]
-        raise InputError(f"seed must be an int, a list of ints (one per map) or None, got {type(seed).__name__}.")
-
     def _check_noise(self, noise: Any, n: int, batched: bool) -> np.ndarray:
         noise = np.asarray(noise)
         expected = (n, *self.noise_shape)
@@ -334,15 +347,6 @@ class Predictor:
         h, w = self.input_size
         state = "closed" if self._backend is None else type(self._backend).__name__
         return f"Predictor({self.target} {self.precision}, {h}x{w}, {self.num_classes} classes, {state}, {self._artifact_dir})"
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [-1, 1], channels first ([3, H, W] or [N, 3, H, W]) -> uint8 channels last (round, clip)."""
-    if not np.isfinite(images).all():
-        warnings.warn("The model produced NaN or infinite pixels; they are written as mid-grey.", RuntimeWarning, stacklevel=3)
-        images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=-1.0)
-    pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.moveaxis(pixels, -3, -1))
 
 
 def _is_int(value: Any) -> bool:

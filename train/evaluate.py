@@ -8,13 +8,15 @@
     python -m train.evaluate --run RUN --model FP32_DIR --model INT8_DIR ...   # side by side
     python -m train.evaluate --compare a/eval.json b/eval.json [--out table.json]
 
-The images come either from the EMA generator of a run, checkpoint folder or generator file (``--run``), or from
-an exported artifact through ``runtimes.load_predictor(dir).generate_raw`` (``--model``), so that an INT8
-artifact's drift is measured by the very same code as its FP32 checkpoint. Every label map of the validation
-split (``--limit``: the first N) is generated once per seed 0..S-1; seed ``s`` draws the noise of the whole set
-as ``numpy.random.default_rng(s).standard_normal((N, *noise_shape), float32)``, image ``i`` taking row ``i``
-(so ``--limit`` keeps the noise of the images it keeps, and both sources see the same noise). Several sources in
-one command share the real images, their features and the segmenter (:class:`Evaluation`).
+The images come from a :class:`runtimes.predictor.Predictor` either way: over the EMA generator of a run,
+checkpoint folder or generator file (``--run``, in memory: :func:`train.predictor.generator_predictor`), or over
+an exported artifact (``--model``, ``runtimes.load_predictor``), so that an INT8 artifact's drift is measured by
+the very same code as its FP32 checkpoint. Every label map of the validation split (``--limit``: the first N) is
+generated once per seed 0..S-1 as ``predictor.generate_raw(maps, seed=s)``: map ``i`` gets the noise of seed
+``s + i`` (:mod:`runtimes.noise`, the predictor's convention), so an evaluated image is the one ``generate(map_i,
+seed=s + i)`` gives on any backend, ``--limit`` keeps the noise of the images it keeps, and every source sees the
+same noise. Several sources in one command share the real images, their features and the segmenter
+(:class:`Evaluation`).
 
 Metrics (per seed, then mean and std over seeds):
 
@@ -57,31 +59,46 @@ import numpy as np
 from dpsims.errors import ConfigError
 from dpsims.progress import progress
 
+NOISE_CONVENTION = ("runtimes.noise: map i of seed s uses numpy.random.default_rng(s + i).standard_normal("
+                    "(1, *noise_shape), float32), as predictor.generate_raw(maps, seed=s)")
 LPIPS_SKIPPED = "LPIPS is not computed: torchmetrics' LPIPS downloads its backbone weights; pixel_diversity stands in."
 
 
 @dataclass
 class ImageSource:
-    """Where generated images come from: ``generate(labels int64 [N, H, W], noise float32 [N, *noise_shape])``
-    returns float32 [N, 3, H, W] in [-1, 1]."""
+    """Where generated images come from: ``generate(labels int [N, H, W], seed)`` returns float32 [N, 3, H, W] in
+    [-1, 1], map ``i`` generated with the noise of seed ``seed + i`` (a predictor's ``generate_raw``)."""
 
     kind: str  # "checkpoint" or "artifact"
     path: Path
     num_classes: int
     size: tuple[int, int]
-    noise_shape: tuple[int, ...]
-    generate: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    generate: Callable[[np.ndarray, int], np.ndarray]
     default_out: Path
     default_config: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)
     close: Callable[[], None] = lambda: None
 
 
+def predictor_source(predictor, kind: str, path: Path, default_out: Path, batch_size: int | None = None,
+                     **extra: Any) -> ImageSource:
+    """An :class:`ImageSource` over a runtimes Predictor (``batch_size``: maps per backend call, at most its max)."""
+    bs = None if batch_size is None else min(batch_size, predictor.max_batch)
+
+    def generate(labels: np.ndarray, seed: int) -> np.ndarray:
+        return np.asarray(predictor.generate_raw(labels, seed=int(seed), batch_size=bs), dtype=np.float32)
+
+    return ImageSource(kind=kind, path=path, num_classes=predictor.num_classes, size=predictor.input_size,
+                       generate=generate, default_out=default_out, close=predictor.close, **extra)
+
+
 def open_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 16) -> ImageSource:
-    """The EMA generator of a run folder, checkpoint folder or generator .safetensors file."""
+    """The EMA generator of a run folder, checkpoint folder or generator .safetensors file, behind an in-memory
+    predictor (:func:`train.predictor.generator_predictor`)."""
     import torch
 
     from train.checkpoint import load_generator, resolve_generator_file
+    from train.predictor import generator_predictor
 
     path = Path(path)
     file = resolve_generator_file(path)
@@ -89,21 +106,10 @@ def open_checkpoint(path: str | Path, device: str = "auto", batch_size: int = 16
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {dev}, but torch sees no CUDA GPU here: use --device cpu (or auto).")
     generator, info = load_generator(file, device=dev)
-
-    @torch.no_grad()
-    def generate(labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(labels), batch_size):
-            lab = torch.from_numpy(np.ascontiguousarray(labels[i:i + batch_size])).to(dev)
-            z = torch.from_numpy(np.ascontiguousarray(noise[i:i + batch_size])).to(dev)
-            out.append(generator(lab, z).float().cpu().numpy())
-        return np.concatenate(out)
-
     config = path / "config.yaml" if path.is_dir() and (path / "config.yaml").exists() else None
-    return ImageSource(
-        kind="checkpoint", path=file, num_classes=info.num_classes, size=(int(info.image_size[0]), int(info.image_size[1])),
-        noise_shape=tuple(int(v) for v in generator.noise_shape), generate=generate,
-        default_out=(path if path.is_dir() else path.parent) / "eval.json", default_config=config,
+    return predictor_source(
+        generator_predictor(generator, info, max_batch=batch_size), "checkpoint", file,
+        (path if path.is_dir() else path.parent) / "eval.json", default_config=config,
         details={"dataset": info.dataset, "step": info.step, "device": dev},
     )
 
@@ -115,23 +121,9 @@ def open_artifact(path: str | Path, device: str = "auto", batch_size: int | None
     path = Path(path)
     predictor = load_predictor(path, device=device)
     root = path.parent if path.is_file() else path
-
-    def generate(labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        bs = None if batch_size is None else min(batch_size, predictor.max_batch)
-        return np.asarray(predictor.generate_raw(labels, noise=noise, batch_size=bs), dtype=np.float32)
-
     m = predictor.manifest
-    return ImageSource(
-        kind="artifact", path=root, num_classes=predictor.num_classes, size=tuple(predictor.input_size),
-        noise_shape=tuple(predictor.noise_shape), generate=generate, default_out=root / "eval.json",
-        details={"target": m.target, "precision": m.precision, "trained_on": m.trained_on},
-        close=predictor.close,
-    )
-
-
-def seed_noise(seed: int, n: int, noise_shape: tuple[int, ...]) -> np.ndarray:
-    """The noise of seed ``seed`` for ``n`` images: float32 [n, *noise_shape], row i for image i."""
-    return np.random.default_rng(int(seed)).standard_normal((n, *noise_shape), dtype=np.float32)
+    return predictor_source(predictor, "artifact", root, root / "eval.json", batch_size,
+                            details={"target": m.target, "precision": m.precision, "trained_on": m.trained_on})
 
 
 def open_val_set(data_cfg, limit: int | None) -> tuple[Any, int]:
@@ -292,7 +284,7 @@ class Evaluation:
             "data": {"dataset": dataset.name, "split": "val", "images": n, "image_size": list(self.size),
                      "num_classes": dataset.num_classes, "ignore_id": dataset.ignore_id},
             "seeds": list(range(seeds)),
-            "noise": "numpy.random.default_rng(seed).standard_normal((N, *noise_shape), float32), row i for image i",
+            "noise": NOISE_CONVENTION,
             "features": None if self.extractor is None else {"name": self.feature_name, **(self.feature_info or {})},
             "segmenter": self.segmenter_name,
             "metrics": metrics,
@@ -308,7 +300,6 @@ class Evaluation:
         from train.metrics import to_uint8_nhwc
 
         n, seeds = self.n, self.seeds
-        noise = [seed_noise(s, n, source.noise_shape) for s in range(seeds)]
         fakes = [_Measures(self) for _ in range(seeds)]
         real = _Measures(self) if self._real is None else None  # kept only once its pass is complete
         diversity = PixelDiversity(seeds)
@@ -321,7 +312,7 @@ class Evaluation:
             chunk = []
             for s in range(seeds):
                 t0 = time.perf_counter()
-                chunk.append(to_uint8_nhwc(source.generate(labels, noise[s][lo:hi])))
+                chunk.append(to_uint8_nhwc(source.generate(labels, s + lo)))  # map i: seed s + i
                 seconds[s] += time.perf_counter() - t0
                 fakes[s].add(chunk[s], labels)
             diversity.add(chunk)
@@ -592,20 +583,21 @@ def _load_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    from train.config import load_config
+def compare_reports(paths: list[Path], out: Path | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """``--compare``: saved reports side by side (a warning when they were not measured the same way); with
+    ``out``, the combined JSON and its markdown table."""
+    reports = [_load_report(p) for p in paths]
+    for problem in _same_evaluation(reports):
+        log(f"[eval] warning: not measured the same way ({problem}).")
+    log(markdown_table(reports))
+    if out:
+        _write(out, reports, reports)
+        log(f"[eval] comparison: {out} and {out.with_suffix('.md')}")
+    return reports
 
-    if args.compare:
-        if args.run or args.model:
-            raise ConfigError("--compare prints saved reports: give it without --run/--model.")
-        reports = [_load_report(p) for p in args.compare]
-        for problem in _same_evaluation(reports):
-            log(f"[eval] warning: not measured the same way ({problem}).")
-        log(markdown_table(reports))
-        if args.out:
-            _write(args.out, reports, reports)
-            log(f"[eval] comparison: {args.out} and {args.out.with_suffix('.md')}")
-        return reports
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """The command line's sources and options, checked before anything is opened."""
     if not args.run and not args.model:
         raise ConfigError("Give --run RUN and/or --model ARTIFACT_DIR (repeatable), or --compare REPORT.json ...")
     if args.batch_size < 1:
@@ -618,6 +610,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
     for path in args.model:
         if not path.exists():
             raise ConfigError(f"--model {path} does not exist; give an artifact folder written by `python -m export`.")
+
+
+def evaluate_sources(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """``--run``/``--model``: measure every source on the same images, features and segmenter; write each
+    source's report and, with several, the side-by-side table."""
+    from train.config import load_config
+
+    _check_sources(args)
     sources: list[ImageSource] = []
     try:
         sources += [open_checkpoint(p, args.device, args.batch_size) for p in args.run]
@@ -665,7 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
 
     def body() -> int:
-        run(args)
+        if args.compare:
+            if args.run or args.model:
+                raise ConfigError("--compare prints saved reports: give it without --run/--model.")
+            compare_reports(args.compare, args.out)
+        else:
+            evaluate_sources(args)
         return 0
 
     return run_cli(prog_name("train.evaluate"), body)

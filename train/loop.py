@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dpsims.errors import CheckpointError, ConfigError, TrainingDiverged
 from dpsims.logs import get_logger
+from runtimes.predictor import Predictor
 from train import losses
 from train.checkpoint import (
     GeneratorInfo,
@@ -41,6 +42,7 @@ from train.config import Config, save_config
 from train.ema import make_ema, recompute_batch_stats, update_ema
 from train.models.discriminator import Discriminator
 from train.models.generator import Generator
+from train.predictor import generator_predictor
 
 log = get_logger(__name__)
 
@@ -207,92 +209,124 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
             parts = t.next_batch()
             terms_g, fakes = t.generator_step(parts)
             terms_d = t.discriminator_step(parts, fakes)
-            update_ema(t.G_ema, _unwrap(t.G), ema_decay(tc.ema_decay, t.state.step, tc.ema_start))
+            update_ema(t.models.G_ema, _unwrap(t.models.G), ema_decay(tc.ema_decay, t.state.step, tc.ema_start))
             t.state.step += 1
             if t.after_step({**terms_d, **terms_g}):
                 break
-    return TrainResult(t.run_dir, t.state.step, t.G_ema)
+    return TrainResult(t.run_dir, t.state.step, t.models.G_ema)
+
+
+@dataclass
+class TrainData:
+    """This process's data: the splits, the resumable sampler and its loader, and the batch split."""
+
+    train_set: Any
+    val_set: Any
+    sampler: ResumableSampler
+    loader: torch.utils.data.DataLoader
+    batch: int
+    """Samples per process and step."""
+    micro: int
+    """Samples per micro-batch (``batch`` unless ``train.batch_per_gpu``)."""
+
+
+@dataclass
+class Models:
+    """The networks: ``G`` and ``D`` (DDP-wrapped under torchrun), the EMA generator, what a checkpoint says about
+    the generator, and ``preview``: the EMA generator behind the runtimes Predictor (samples, label consistency)."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    info: GeneratorInfo
+    preview: Predictor
+
+
+@dataclass
+class Optimisers:
+    """Adam for each network, the loss scaler (fp16 autocast only) and the autocast dtype (None: float32)."""
+
+    g: torch.optim.Optimizer
+    d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+
+
+@dataclass
+class Streams:
+    """The training step's own random streams (saved in checkpoints): the noise of the generator loss and the
+    diversity term, and LabelMix masks / contrastive patches."""
+
+    noise: torch.Generator
+    mix: torch.Generator
 
 
 @dataclass
 class Trainer:
-    """What one training process holds, and the named parts of a step. Built by :func:`setup`."""
+    """What one training process holds, in named parts, and the named parts of a step. Built by :func:`setup`."""
 
     cfg: Config
     run_dir: Path
     dinfo: Dist
     device: torch.device
-    batch: int
-    """Samples per process and step."""
-    micro: int
-    """Samples per micro-batch (``batch`` unless ``train.batch_per_gpu``)."""
-    train_set: Any
-    val_set: Any
-    sampler: ResumableSampler
-    loader: torch.utils.data.DataLoader
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_ema: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    info: GeneratorInfo
+    data: TrainData
+    models: Models
+    optim: Optimisers
+    streams: Streams
     state: RunState
-    noise_gen: torch.Generator
-    mix_gen: torch.Generator
     interrupted: bool = False
-    data: Any = None
+    batches: Any = None
+    """The endless batch iterator (opened by :meth:`session`)."""
     logger: Any = None
 
     # ------------------------------------------------------------------------------------- the step
     def next_batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The next (image, label) batch of this process, split into micro-batches."""
-        real, label = next(self.data)
+        real, label = next(self.batches)
         real, label = real.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
-        return list(zip(real.split(self.micro), label.split(self.micro)))
+        return list(zip(real.split(self.data.micro), label.split(self.data.micro)))
 
     def generator_step(self, parts) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """One optimiser step of G over the micro-batches; returns its loss terms and the detached fakes.
 
         D's weights need no gradient here: the bare module (outside DDP, which would reduce them) with
         requires_grad off; gradients still flow through D into G."""
-        d_bare = _unwrap(self.D)
+        d_bare = _unwrap(self.models.D)
         d_params = [p for p in d_bare.parameters() if p.requires_grad]
         for p in d_params:
             p.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
+        self.optim.g.zero_grad(set_to_none=True)
         fakes, terms = [], []
         try:
             for j, (real, label) in enumerate(parts):
-                with _sync_grads(self.G, j == len(parts) - 1):  # DDP reduces once, after the last micro-batch
+                with _sync_grads(self.models.G, j == len(parts) - 1):  # DDP reduces once, after the last micro-batch
                     with self.autocast():
                         loss, part, fake = self.generator_loss(real, label, d_bare)
                     _check_finite(self.state.step, part, self.dinfo, self.device)
-                    self.scaler.scale(loss / len(parts)).backward()
+                    self.optim.scaler.scale(loss / len(parts)).backward()
                 fakes.append(fake)
                 terms.append(part)
         finally:
             for p in d_params:
                 p.requires_grad_(True)
-        _clip(self.scaler, self.opt_g, self.G, self.cfg.train.grad_clip)
-        self.scaler.step(self.opt_g)
+        _clip(self.optim.scaler, self.optim.g, self.models.G, self.cfg.train.grad_clip)
+        self.optim.scaler.step(self.optim.g)
         return _mean_terms(terms), fakes
 
     def discriminator_step(self, parts, fakes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimiser step of D: real pixels -> their class, generated pixels -> "fake", LabelMix."""
-        self.opt_d.zero_grad(set_to_none=True)
+        self.optim.d.zero_grad(set_to_none=True)
         terms = []
         for j, ((real, label), fake) in enumerate(zip(parts, fakes)):
-            with _sync_grads(self.D, j == len(parts) - 1):
+            with _sync_grads(self.models.D, j == len(parts) - 1):
                 with self.autocast():
                     loss, part = self.discriminator_loss(real, label, fake)
                 _check_finite(self.state.step, part, self.dinfo, self.device)
-                self.scaler.scale(loss / len(parts)).backward()
+                self.optim.scaler.scale(loss / len(parts)).backward()
             terms.append(part)
-        _clip(self.scaler, self.opt_d, self.D, self.cfg.train.grad_clip)
-        self.scaler.step(self.opt_d)
-        self.scaler.update()
+        _clip(self.optim.scaler, self.optim.d, self.models.D, self.cfg.train.grad_clip)
+        self.optim.scaler.step(self.optim.d)
+        self.optim.scaler.update()
         return _mean_terms(terms)
 
     def generator_loss(self, real: torch.Tensor, label: torch.Tensor, d_bare: torch.nn.Module):
@@ -300,12 +334,12 @@ class Trainer:
 
         Adversarial (N+1, focal), patch contrast to the real image, diversity between a second noise draw of the
         first ``diversity_fraction`` of the batch and the first."""
-        lc, ignore_id = self.cfg.loss, self.train_set.ignore_id
+        lc, ignore_id = self.cfg.loss, self.data.train_set.ignore_id
         n = real.shape[0]
         k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
         z1, z2 = self.sample_noise(n), self.sample_noise(k)
         labels = torch.cat([label, label[:k]])
-        fakes = self.G(labels, torch.cat([z1, z2]))
+        fakes = self.models.G(labels, torch.cat([z1, z2]))
         out_g = d_bare(fakes)
         loss_adv = losses.focal_n1_loss(out_g.logits, labels, True, lc.focal_gamma, lc.class_balance, ignore_id)
         loss_nce = real.new_zeros(())
@@ -313,7 +347,7 @@ class Trainer:
             with torch.no_grad():
                 real_features = d_bare(real).features
             loss_nce = losses.patch_contrastive_loss(
-                out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, self.mix_gen
+                out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, self.streams.mix
             )
         loss_div, ratio = real.new_zeros(()), real.new_zeros(())
         if k:
@@ -328,22 +362,24 @@ class Trainer:
     def discriminator_loss(self, real: torch.Tensor, label: torch.Tensor, fake: torch.Tensor):
         """One micro-batch of the discriminator step: (loss, its terms)."""
         lc = self.cfg.loss
-        out_real, out_fake = self.D(real, real=True), self.D(fake)
+        out_real, out_fake = self.models.D(real, real=True), self.models.D(fake)
         loss_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma,
-                                             lc.class_balance, self.train_set.ignore_id)
+                                             lc.class_balance, self.data.train_set.ignore_id)
         loss_lm = real.new_zeros(())
         if lc.labelmix > 0:
-            mask = losses.labelmix_mask(label, self.mix_gen)
+            mask = losses.labelmix_mask(label, self.streams.mix)
             mixed = mask * real + (1 - mask) * fake
-            loss_lm = losses.labelmix_loss(self.D(mixed).logits, out_real.logits, out_fake.logits, mask)
+            loss_lm = losses.labelmix_loss(self.models.D(mixed).logits, out_real.logits, out_fake.logits, mask)
         loss = loss_adv + lc.labelmix * loss_lm
         return loss, {"loss_d": loss, "loss_d_adv": loss_adv, "loss_labelmix": loss_lm}
 
     def sample_noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, *_unwrap(self.G).noise_shape, generator=self.noise_gen).to(self.device)
+        """Training randomness, not a seed's image: the step's noise comes from the run's own stream (saved in
+        checkpoints, so a resume continues it); images of a seed come from runtimes.noise (samples, evaluation)."""
+        return torch.randn(n, *_unwrap(self.models.G).noise_shape, generator=self.streams.noise).to(self.device)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.optim.amp_dtype, enabled=self.optim.amp_dtype is not None)
 
     # ------------------------------------------------------------------- after the step, on schedules
     def after_step(self, terms: dict[str, torch.Tensor]) -> bool:
@@ -373,8 +409,9 @@ class Trainer:
         return self.interrupted or out_of_time
 
     def refresh_ema_stats(self) -> None:
-        """The EMA generator's own BatchNorm statistics (see train/ema.py), from fixed training maps and noise."""
-        train_set, batch = self.train_set, self.batch
+        """The EMA generator's own BatchNorm statistics (see train/ema.py), from fixed training maps and noise (a
+        fixed torch stream: statistics, not images of a seed)."""
+        train_set, batch, G_ema = self.data.train_set, self.data.batch, self.models.G_ema
         g = torch.Generator().manual_seed(self.cfg.train.seed + 99_991)
         n = min(len(train_set), self.cfg.train.ema_bn_batches * batch)
         order = (torch.randperm(len(train_set), generator=g)[:n] if len(train_set) < 1_000_000 else
@@ -383,26 +420,27 @@ class Trainer:
         def inputs():
             for lo in range(0, n, batch):
                 labels = torch.stack([train_set[i][1] for i in order[lo:lo + batch]]).to(self.device)
-                yield labels, torch.randn(len(labels), *self.G_ema.noise_shape, generator=g).to(self.device)
+                yield labels, torch.randn(len(labels), *G_ema.noise_shape, generator=g).to(self.device)
 
         with self.autocast():
-            recompute_batch_stats(self.G_ema, inputs())
+            recompute_batch_stats(G_ema, inputs())
 
     def checkpoint(self) -> None:
         """Collective under DDP: every process hands its random state to rank 0, which writes."""
-        own = random_state(self.noise_gen, self.mix_gen)
+        own = random_state(self.streams.noise, self.streams.mix)
         ranks = None
         if self.dinfo.world > 1:
             ranks = [None] * self.dinfo.world
             dist.all_gather_object(ranks, own)
         if self.dinfo.main:
-            self.info.step = self.state.step
+            m, info = self.models, self.models.info
+            info.step = self.state.step
             rng = {k: torch.tensor(own[k], dtype=torch.uint8) for k in ("torch", "cuda") if k in own}
             save_checkpoint(
                 self.run_dir, self.state.step,
-                {"generator": _unwrap(self.G), "generator_ema": self.G_ema, "discriminator": _unwrap(self.D)},
-                {"g": self.opt_g, "d": self.opt_d}, self.info,
-                {"pos": vars(self.state.pos), "scaler": self.scaler.state_dict(),
+                {"generator": _unwrap(m.G), "generator_ema": m.G_ema, "discriminator": _unwrap(m.D)},
+                {"g": self.optim.g, "d": self.optim.d}, info,
+                {"pos": vars(self.state.pos), "scaler": self.optim.scaler.state_dict(),
                  **{k: v for k, v in own.items() if k not in rng},
                  **({"world": self.dinfo.world, "ranks": ranks} if ranks else {})},
                 rng, keep=self.cfg.train.keep_checkpoints,
@@ -423,7 +461,7 @@ class Trainer:
         old_handlers = {}
         if threading.current_thread() is threading.main_thread():
             old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self.data = batches(self.loader, self.sampler, self.state.pos, self.batch)
+        self.batches = batches(self.data.loader, self.data.sampler, self.state.pos, self.data.batch)
         self.logger = RunLogger(self.cfg, self.run_dir, self.dinfo.main, self.state.step)
         try:
             yield self
@@ -465,12 +503,12 @@ class RunLogger:
 
         now = time.time()
         rec = {"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()},
-               "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
+               "lr_g": t.optim.g.param_groups[0]["lr"], "lr_d": t.optim.d.param_groups[0]["lr"],
                "it_s": round((step - self.step_log) / max(now - self.t_log, 1e-9), 3),
                "elapsed_s": round(now - self.t_start, 1)}
         self.t_log, self.step_log = now, step
         if evaluate:
-            score = label_consistency_of_generator(t.G_ema, t.val_set, self.cfg.eval.label_consistency_samples, t.device)
+            score = label_consistency_of_generator(t.models.preview, t.data.val_set, self.cfg.eval.label_consistency_samples)
             if score is not None:
                 rec["label_consistency"] = round(score, 4)
         self.file.write(json.dumps(rec) + "\n")
@@ -485,8 +523,8 @@ class RunLogger:
     def samples(self, step: int, t: Trainer) -> None:
         from train.samples import write_sample_grid
 
-        path = write_sample_grid(t.G_ema, t.val_set, self.run_dir / "samples" / f"step_{step:07d}.png", self.cfg.eval,
-                                 t.device)
+        path = write_sample_grid(t.models.preview, t.data.val_set, self.run_dir / "samples" / f"step_{step:07d}.png",
+                                 self.cfg.eval)
         if self.tb is not None:
             from PIL import Image
 
@@ -573,12 +611,17 @@ def setup(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
         if not resume:
             G_ema.load_state_dict(_unwrap(G).state_dict())
 
-    noise_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + dinfo.rank + state.step)
-    mix_gen = torch.Generator(device="cpu").manual_seed(tc.seed * 7 + dinfo.rank + state.step)
+    streams = Streams(noise=torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + dinfo.rank + state.step),
+                      mix=torch.Generator(device="cpu").manual_seed(tc.seed * 7 + dinfo.rank + state.step))
     if saved is not None:
-        restore_random_state(*saved, dinfo, noise_gen, mix_gen, state.pos)
-    return Trainer(cfg, run_dir, dinfo, device, batch, micro, train_set, val_set, sampler, loader, G, D, G_ema,
-                   opt_g, opt_d, scaler, amp_dtype, info, state, noise_gen, mix_gen)
+        restore_random_state(*saved, dinfo, streams.noise, streams.mix, state.pos)
+    return Trainer(
+        cfg, run_dir, dinfo, device,
+        data=TrainData(train_set, val_set, sampler, loader, batch, micro),
+        models=Models(G, D, G_ema, info, preview=generator_predictor(G_ema, info)),
+        optim=Optimisers(opt_g, opt_d, scaler, amp_dtype),
+        streams=streams, state=state,
+    )
 
 
 def _batch_split(tc) -> tuple[int, int]:

@@ -78,7 +78,7 @@ def to_uint8_nhwc(images: Any) -> np.ndarray:
     """Generator output float [-1, 1], [N, 3, H, W] or [3, H, W] (numpy or torch) -> uint8 [N, H, W, 3] / [H, W, 3].
 
     Values outside [-1, 1] are clipped; -1 maps to 0 and 1 to 255, rounding to the nearest level."""
-    from runtimes.predictor import to_uint8
+    from runtimes.imaging import to_uint8  # the predictor's own conversion, without importing the predictor
 
     x = _numpy(images)
     if x.ndim not in (3, 4) or x.shape[-3] != 3:

@@ -1,48 +1,44 @@
-"""Things the loop does with the EMA generator on held-out maps: sample grids and the label-consistency score."""
+"""Things the loop does with the EMA generator on held-out maps: sample grids and the label-consistency score.
+
+Both run the generator through a :class:`runtimes.predictor.Predictor` (:func:`train.predictor.generator_predictor`)
+with ``seed=s``: map ``i`` of the held-out batch gets the noise of seed ``s + i`` (:mod:`runtimes.noise`), so a
+cell of a sample grid is the image ``load_predictor(artifact).generate(map_i, seed=s + i)`` gives for the export
+of that generator.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from runtimes.predictor import Predictor
 from train.config import EvalConfig
-from train.metrics import to_uint8_nhwc
 
 
-def _val_batch(dataset, count: int) -> torch.Tensor:
-    return torch.stack([dataset[i][1] for i in range(min(count, len(dataset)))])
+def held_out_labels(dataset, count: int) -> np.ndarray:
+    """The label maps of the first ``count`` items of ``dataset`` (int64 [N, H, W])."""
+    return np.stack([np.asarray(dataset[i][1], dtype=np.int64) for i in range(min(count, len(dataset)))])
 
 
-@torch.no_grad()
-def generate(G: torch.nn.Module, labels: torch.Tensor, seed: int, device: torch.device, batch: int = 16) -> torch.Tensor:
-    """Images for ``labels`` with noise drawn from ``seed`` (one fixed stream, so the same seed = same images)."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(labels.shape[0], *G.noise_shape, generator=g)
-    out = [G(labels[i : i + batch].to(device), noise[i : i + batch].to(device)).float().cpu() for i in range(0, len(labels), batch)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def label_consistency_of_generator(G: torch.nn.Module, val_set, samples: int, device: torch.device, seed: int = 1234) -> float | None:
+def label_consistency_of_generator(predictor: Predictor, val_set, samples: int, seed: int = 1234) -> float | None:
     """mIoU of the dataset's fixed classifier on generated images vs the input maps (synthetic data only)."""
     scenes = getattr(val_set, "scenes", None)
     if scenes is None:
         return None
     from train.metrics import label_consistency
 
-    labels = _val_batch(val_set, samples)
-    images = to_uint8_nhwc(generate(G, labels, seed, device))
-    return float(label_consistency(images, labels.numpy(), scenes))
+    labels = held_out_labels(val_set, samples)
+    return float(label_consistency(predictor.generate(labels, seed=seed), labels, scenes))
 
 
-@torch.no_grad()
-def write_sample_grid(G: torch.nn.Module, val_set, path: Path, cfg: EvalConfig, device: torch.device) -> Path:
-    """PNG grid, one row per held-out map: colourised label | generated with each of cfg.sample_seeds."""
+def write_sample_grid(predictor: Predictor, val_set, path: Path, cfg: EvalConfig) -> Path:
+    """PNG grid, one row per held-out map: colourised label | generated with each of cfg.sample_seeds (row ``i``,
+    column of seed ``s``: the predictor's image of map ``i`` with seed ``s + i``)."""
     from train.data.visualize import colorize, save_grid
 
-    labels = _val_batch(val_set, cfg.sample_maps)
-    columns = [to_uint8_nhwc(generate(G, labels, s, device)) for s in cfg.sample_seeds]
-    rows = [[colorize(labels[i].numpy(), val_set.palette)] + [c[i] for c in columns] for i in range(len(labels))]
+    labels = held_out_labels(val_set, cfg.sample_maps)
+    columns = [predictor.generate(labels, seed=s) for s in cfg.sample_seeds]
+    rows = [[colorize(labels[i], val_set.palette)] + [c[i] for c in columns] for i in range(len(labels))]
     save_grid(rows, path)
     return path

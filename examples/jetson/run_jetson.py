@@ -26,10 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dpsims.errors import BackendUnavailable, DpSimsError
-from runtimes import imaging, load_predictor
-from runtimes.predictor import check_class_ids
-from runtimes.spec import Manifest, read_manifest
+from runtimes import (
+    BackendUnavailable,
+    DpSimsError,
+    Manifest,
+    load_predictor,
+    prepare_labels,
+    read_manifest,
+    save_png,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_TENSORRT = 0, 1, 2
 
@@ -55,17 +60,8 @@ def read_label_maps(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     paths = sorted(folder.glob("*.png"))
     if not paths:
         raise FileNotFoundError(f"No .png label maps in {folder}.")
-    palette = np.asarray(manifest.palette, dtype=np.uint8)
-    maps = {}
-    for path in paths:
-        array, is_rgb = imaging.read_label_file(path)
-        ids = imaging.colors_to_ids(array, palette, manifest.ignore_id) if is_rgb else array
-        if tuple(ids.shape) != tuple(manifest.input_size):
-            ids = imaging.resize_nearest(ids, tuple(manifest.input_size))
-        # checked here, before minutes of engine building on the device
-        check_class_ids(ids, manifest.num_classes, manifest.ignore_id, what=str(path))
-        maps[path.stem] = ids.astype(np.int32)
-    return maps
+    # checked here (ids, colours, size), before minutes of engine building on the device
+    return {path.stem: prepare_labels(path, manifest, resize=True)[0][0] for path in paths}
 
 
 def jetson_status() -> dict[str, str]:
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 image = predictor.generate(labels, seed=seed)  # end to end: noise, copies, engine, uint8 image
                 latencies.append(time.perf_counter() - t0)
-            imaging.save_png(args.out / f"{stem}.png", image)
+            save_png(args.out / f"{stem}.png", image)
         batch = predictor.max_batch
         stacked = np.stack([maps[s] for s in list(maps) * batch][:batch])
         predictor.generate(stacked, seed=args.seed)

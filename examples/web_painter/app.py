@@ -45,8 +45,7 @@ try:
 except ImportError as e:  # the example's own dependencies
     raise SystemExit(f"The web painter needs {e.name}: pip install 'dp-sims[web]'") from None
 
-from runtimes import DpSimsError, InputError, load_predictor, read_manifest
-from runtimes.predictor import Predictor
+from runtimes import DpSimsError, InputError, Predictor, load_predictor, read_manifest
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
@@ -198,11 +197,13 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dpsims.cli import add_logging_options, add_version, configure_logging
+    import logging
+
+    import runtimes
 
     parser = argparse.ArgumentParser(description="Paint label maps in the browser, get DP-SIMS images.")
-    add_version(parser)
-    add_logging_options(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s (dp-sims) {runtimes.__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--model", required=True, help="artifact folder (the one holding model.json)")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, GPU, ... (see load_predictor)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -210,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be within 1..65535, got {args.port}.")
-    configure_logging(args.log_level)
+    # dp-sims logs under the "dpsims" logger namespace (e.g. the first load of a TensorRT engine)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dpsims").setLevel(logging.WARNING if args.quiet else logging.INFO)
     import uvicorn
 
     try:  # open the model before serving: a bad artifact or device is one line here, not a server traceback

@@ -1,8 +1,14 @@
-"""torch backend: ``model.pt2`` (a ``torch.export`` program) on the CPU or a CUDA GPU.
+"""torch backends: ``model.pt2`` (a ``torch.export`` program) on the CPU or a CUDA GPU, and a live module in memory.
 
-The reference backend, and the GPU path where TensorRT is absent. A .pt2 archive may carry pickled payloads
-(tensor subclasses, opaque objects, legacy weight files) that ``torch.export.load`` would unpickle; this backend
-refuses such archives before loading, so opening an artifact never runs code from it.
+:class:`TorchBackend` is the reference backend of torch artifacts, and the GPU path where TensorRT is absent. A .pt2
+archive may carry pickled payloads (tensor subclasses, opaque objects, legacy weight files) that
+``torch.export.load`` would unpickle; this backend refuses such archives before loading, so opening an artifact
+never runs code from it.
+
+:class:`TorchModuleBackend` runs a generator module that lives in this process (no artifact folder): it is how
+``train`` runs a generator outside the training step (sample grids, label consistency, evaluation of a checkpoint)
+behind the same :class:`runtimes.predictor.Predictor` as every artifact, so those paths validate maps, draw noise
+and convert images exactly as ``load_predictor`` does (``train.predictor.generator_predictor`` builds one).
 """
 
 from __future__ import annotations
@@ -91,14 +97,8 @@ class TorchBackend(Backend):
         self.module = program.module()
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self._torch
-        args = [
-            torch.from_numpy(inputs[name]).to(self.torch_device, dtype)
-            for name, dtype in zip((INPUT_LABEL, INPUT_NOISE), self._dtypes)
-        ]
-        with torch.inference_mode():
-            image = self.module(*args)
-        return {OUTPUT_IMAGE: image.float().cpu().numpy()}
+        with self._torch.inference_mode():
+            return run_module(self._torch, self.module, self.torch_device, self._dtypes, inputs)
 
     def close(self) -> None:
         self.module = None
@@ -107,3 +107,46 @@ class TorchBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "library": f"torch {self._torch.__version__}", "torch_device": str(self.torch_device)}
+
+
+def run_module(torch: Any, module: Any, device: Any, dtypes: list[Any], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph contract through a torch callable: ``label`` and ``noise`` to ``device`` in ``dtypes``, the image
+    back as float32 numpy."""
+    args = [torch.from_numpy(inputs[name]).to(device, dtype) for name, dtype in zip((INPUT_LABEL, INPUT_NOISE), dtypes)]
+    return {OUTPUT_IMAGE: module(*args).float().cpu().numpy()}
+
+
+class TorchModuleBackend(Backend):
+    """A torch generator module held in memory, behind the backend interface (no artifact folder, no copy).
+
+    The module is used as it is, never copied or put in another mode: its current weights, on its own device (the
+    first parameter's), noise cast to its parameters' dtype; so an EMA generator that training keeps updating is
+    sampled with its weights of the moment. ``manifest`` describes it as an artifact's would (classes, palette,
+    input size, noise shape, batch range)."""
+
+    extra = "train"
+    accepted_options = frozenset()
+
+    def __init__(self, module: Any, manifest: Manifest):
+        # no Backend.__init__: there is no artifact folder to name
+        self.artifact_dir = None
+        self.manifest = manifest
+        self.options = {}
+        torch = require("torch", self.extra)
+        self._torch = torch
+        param = next(iter(module.parameters()), None)
+        self.torch_device = param.device if param is not None else torch.device("cpu")
+        self.device = str(self.torch_device)
+        self._dtypes = [torch.int32, param.dtype if param is not None else torch.float32]
+        self.module = module
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._torch.no_grad():  # not inference_mode: the module's tensors stay usable for training
+            return run_module(self._torch, self.module, self.torch_device, self._dtypes, inputs)
+
+    def close(self) -> None:
+        self.module = None  # the caller's module itself lives on
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "library": f"torch {self._torch.__version__}", "torch_device": str(self.torch_device),
+                "module": "in memory"}
