@@ -57,12 +57,14 @@ def test_synthetic_set_is_deterministic_per_seed():
 
 
 @pytest.mark.parametrize("seed", [0, 3, DEFAULT_SEED])
-def test_noise_is_numpy_default_rng_standard_normal(seed):
+def test_sample_i_has_the_noise_the_predictor_draws_for_seed_plus_i(seed):
+    """Sample i of a set of seed s is fed what predictor.generate(map_i, seed=s + i) feeds the graph."""
     data = synthetic(samples=5, seed=seed)
-    expected = np.random.default_rng(seed).standard_normal((5, *NOISE_SHAPE), dtype=np.float32)
+    expected = np.stack([np.random.default_rng(seed + i).standard_normal(NOISE_SHAPE, dtype=np.float32) for i in range(5)])
     assert data.noise.dtype == np.float32 and data.noise.shape == (5, 4, 8)
     np.testing.assert_array_equal(data.noise, expected)
     np.testing.assert_array_equal(draw_noise(5, NOISE_SHAPE, seed), expected)
+    np.testing.assert_array_equal(synthetic(samples=3, seed=seed + 2).noise, expected[2:])  # a shifted seed, shifted rows
     assert abs(float(data.noise.mean())) < 0.3 and 0.7 < float(data.noise.std()) < 1.3
 
 

@@ -122,6 +122,33 @@ def test_calibration_samples_are_the_predictors_images_of_their_seeds(checkpoint
                                    rtol=0, atol=1e-5)
 
 
+def test_the_run_predictor_runs_the_live_module_as_it_is(val_set):
+    """The in-memory backend uses the module itself: a weight the training step changes shows in the next
+    image, the module keeps its mode, and closing the predictor leaves the module to its owner."""
+    import torch
+    from runtime_artifacts import tiny_classes, tiny_generator
+
+    from train.checkpoint import GeneratorInfo
+    from train.predictor import generator_predictor
+    from train.samples import held_out_labels
+
+    generator, classes = tiny_generator(), tiny_classes()
+    info = GeneratorInfo(num_classes=len(classes), generator=generator.cfg, image_size=[32, 32],
+                         class_names=[c.name for c in classes], palette=[c.color for c in classes])
+    predictor = generator_predictor(generator, info, max_batch=2)
+    labels = held_out_labels(val_set, 3)
+    before = predictor.generate_raw(labels, seed=0)
+    with torch.no_grad():
+        expected = generator(torch.from_numpy(labels).int(), torch.from_numpy(predictor.sample_noise([0, 1, 2])))
+    np.testing.assert_allclose(before, expected.numpy(), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        generator.to_rgb.bias.add_(0.5)  # what an optimiser step does to the module in place
+    assert np.abs(predictor.generate_raw(labels, seed=0) - before).max() > 1e-2
+    assert not generator.training
+    predictor.close()
+    assert generator(torch.from_numpy(labels[:1]), torch.zeros(1, *generator.noise_shape)).shape == (1, 3, 32, 32)
+
+
 @pytest.mark.slow
 def test_the_torch_export_artifact_gives_the_same_image(checkpoint, val_set, run_predictor, tmp_path):
     """torch.export (about 20 s): load_predictor's torch backend on the .pt2 gives the run's image."""

@@ -16,12 +16,22 @@ from PIL import Image
 from runtime_artifacts import IGNORE_ID, INPUT_SIZE, NUM_CLASSES, random_label_map, shared_artifacts
 
 import runtimes
-from runtimes import BackendUnavailable, InputError, ManifestError, PredictorClosed, load_predictor
+from runtimes import (
+    BackendUnavailable,
+    ClassInfo,
+    InputError,
+    Manifest,
+    ManifestError,
+    Predictor,
+    PredictorClosed,
+    load_predictor,
+    prepare_labels,
+    read_manifest,
+    to_uint8,
+)
 from runtimes.__main__ import main as cli_main
 from runtimes.backends import BACKENDS
 from runtimes.backends.base import Backend
-from runtimes.predictor import Predictor, to_uint8
-from runtimes.spec import ClassInfo, Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,6 +210,27 @@ def test_unreadable_files_raise_input_error(predictor, tmp_path):
     Image.new("CMYK", INPUT_SIZE).save(tmp_path / "cmyk.jpg")
     with pytest.raises(InputError, match="mode P"):
         predictor.generate(tmp_path / "cmyk.jpg")
+
+
+def test_prepare_labels_checks_maps_against_a_manifest_without_a_backend(artifacts, predictor, label, tmp_path):
+    """What a device script does before minutes of engine building: the maps checked and converted from model.json
+    alone, as the predictor would; a bad file is named in the error."""
+    manifest = read_manifest(artifacts["onnx"])
+    colours = tmp_path / "colours.png"
+    Image.fromarray(predictor.colorize(label), mode="RGB").save(colours)
+    small = label[::2, ::2]
+    for given, kwargs in ((label, {}), (str(colours), {}), ([label, label], {}), (small, {"resize": True})):
+        ours, batched = prepare_labels(given, manifest, **kwargs)
+        theirs, batched_too = predictor.prepare_labels(given, **kwargs)
+        assert ours.dtype == np.int32 and batched == batched_too
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(prepare_labels(str(colours), manifest)[0][0], label)
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.full(INPUT_SIZE, 200, np.uint8), mode="L").save(bad)
+    with pytest.raises(InputError, match=f"{bad} holds the class id 200"):
+        prepare_labels(bad, manifest)
+    with pytest.raises(InputError, match="Pass resize=True"):
+        prepare_labels(small, manifest)
 
 
 # ---------------------------------------------------------------------- predictor logic (fake backend)
@@ -454,6 +485,30 @@ def test_runtimes_imports_and_runs_onnx_without_torch_openvino_pil(artifacts):
 
 def test_public_names():
     assert runtimes.load_predictor is load_predictor and issubclass(runtimes.InputError, ValueError)
+    assert all(hasattr(runtimes, name) for name in runtimes.__all__)
+
+
+def test_examples_import_only_the_public_api():
+    """The programs users copy import the project through ``from runtimes import NAME`` with NAME exported by
+    the package (runtimes.__all__), never a submodule or another package of the project."""
+    import ast
+
+    project = {"runtimes", "dpsims", "train", "export", "calibration", "benchmarks"}
+    files = sorted((ROOT / "examples").rglob("*.py"))
+    assert files
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [(node.module, a.name) for a in node.names]
+            else:
+                continue
+            for module, name in names:
+                if module.split(".")[0] in project:
+                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                    assert module == "runtimes", f"{where} imports {module}: use the runtimes package's exports"
+                    assert name is None or name in runtimes.__all__, f"{where} imports {name}, not in runtimes.__all__"
 
 
 def test_generate_example_writes_the_grid_and_reports_bad_input_in_one_line(artifacts, tmp_path):
