@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -309,20 +307,46 @@ def test_a_split_smaller_than_the_batch_is_an_error_not_an_endless_wait(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+# Under torchrun: rank 0 sends SIGINT to torchrun (its parent) while step K computes and waits until the signal,
+# passed on by torchrun, has reached it; rank 1 gets it when torchrun passes it on, at whatever point it is.
+RANK0_INTERRUPTS_TORCHRUN = """
+import os, signal, sys, time
+from train import loop
+
+K = int(sys.argv[1])
+generator_step = loop.Trainer.generator_step
+
+def interrupted_step(self, parts):
+    if self.state.step == K - 1 and self.dinfo.rank == 0:
+        os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C to torchrun
+        deadline = time.time() + 60
+        while not self.interrupted and time.time() < deadline:
+            time.sleep(0.01)
+    return generator_step(self, parts)
+
+loop.Trainer.generator_step = interrupted_step
+from train.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.mark.slow
 def test_torchrun_interrupt_checkpoints_every_rank_at_the_same_step(tmp_path):
-    """Ctrl-C on torchrun: it passes SIGINT to each process; they agree on the step, write one checkpoint, exit."""
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(torchrun(run, steps=400), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, metrics = time.time() + 120, run / "metrics.jsonl"
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    """Ctrl-C on torchrun during step 7: it passes SIGINT to each process; they agree on that step, write one
+    checkpoint holding both ranks' random state, and exit."""
+    stop, run = 7, tmp_path / "run"
+    script = tmp_path / "interrupt_rank0.py"
+    script.write_text(RANK0_INTERRUPTS_TORCHRUN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(stop),
+           "--config", "synthetic-tiny", "--out", str(run), "--set", *TINY, "train.ckpt_every=5", "train.steps=400"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    err = done.stderr
     ck = last_checkpoint(run)
-    assert ck is not None, err[-3000:]
-    stopped_at = int(ck.name.split("_")[1])
-    assert 5 <= stopped_at < 400 and "stopped by interrupt" in err
+    assert ck is not None and ck.name == f"step_{stop:07d}", err[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000005", f"step_{stop:07d}"]
+    assert f"stopped by interrupt at step {stop}" in err  # rank 0 logs (only it does under torchrun)
+    # the checkpoint is collective: both ranks were in it at step 7, each with its own random streams
     state = json.loads((ck / "state.json").read_text())
-    assert state["step"] == stopped_at and len(state["ranks"]) == 2
+    assert state["step"] == stop and len(state["ranks"]) == 2
+    assert state["ranks"][0]["noise_gen"] != state["ranks"][1]["noise_gen"]  # each rank's own stream
