@@ -120,8 +120,9 @@ def held_out(generator):
     """The held-out calibration maps rebuilt without the calibration package, with torch's images of them."""
     scenes = SyntheticScenes(NUM_CLASSES, SIZE, CALIB_SEED)
     labels = np.stack([scenes.label(i) for i in range(CALIB_SAMPLES - HELD_OUT, CALIB_SAMPLES)]).astype(np.int32)
-    noise = np.random.default_rng(CALIB_SEED).standard_normal((CALIB_SAMPLES, *generator.noise_shape),
-                                                               dtype=np.float32)[-HELD_OUT:]
+    # sample i of the calibration set has the noise of seed CALIB_SEED + i (the predictor's convention)
+    noise = np.stack([np.random.default_rng(CALIB_SEED + i).standard_normal(generator.noise_shape, dtype=np.float32)
+                      for i in range(CALIB_SAMPLES - HELD_OUT, CALIB_SAMPLES)])
     with torch.no_grad():
         reference = generator(torch.from_numpy(labels), torch.from_numpy(noise)).numpy()
     return labels, noise, reference
