@@ -95,12 +95,14 @@ def run_gate(attempt: Callable[[list[str]], tuple[dict[str, Any], Any]], levels:
 
 def _run_gate(attempt, levels, min_psnr, what, progress, names, max_groups):
     tried: list[str] = []
+    values: list[float] = []
 
     def measure(description: str, kept: list[str], step: str) -> tuple[float, dict[str, Any], Any]:
         quality, extra = attempt(kept)
         value = quality.get("psnr_db")
         value = float("inf") if value is None else float(value)
         tried.append(f"{description}: {value:.2f} dB")
+        values.append(value)
         if progress is not None:
             progress(f"[{what}] gate {step} ({description}, {len(kept)} layers float): PSNR {value:.2f} dB (bar {min_psnr:.1f})")
         return value, quality, extra
@@ -144,5 +146,6 @@ def _run_gate(attempt, levels, min_psnr, what, progress, names, max_groups):
     raise ExportQualityError(
         f"{what}: no quantization reached PSNR {min_psnr:.1f} dB against FP32 ({'; '.join(tried)}). Try more "
         "calibration samples (--calib-samples), calibration maps from the training data (--calib), a lower "
-        "--min-psnr if the images still look right, or ship the fp16 artifact."
+        "--min-psnr if the images still look right, or ship the fp16 artifact. The best attempt reached PSNR "
+        f"{max(values, default=float('nan')):.2f} dB against FP32, below --min-psnr {min_psnr:.1f}."
     )
