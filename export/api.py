@@ -116,8 +116,8 @@ def export_generator(
 ) -> ExportReport:
     """Export the EMA generator of ``checkpoint`` (a run folder, checkpoint folder or generator file).
 
-    About 85 lines by design: the export's steps (check options, load, calibrate, convert, gate, write the
-    manifest and model card) in the order they run, each a call into its own module.
+    About 95 lines by design: the export's steps (check options, load, calibrate, convert and measure through
+    the gate, finish, write the manifest and model card) in the order they run, each a call into its own module.
 
     ``calib``: 'synthetic', 'synthetic-photo', a folder of label maps, or a dataset config; default: the
     built-in scenes a model was trained on; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when

@@ -1,5 +1,7 @@
 """The INT8 accuracy gate: quantize, measure PSNR against FP32 on held-out samples, and while it is below the bar
-keep more layers in float and try again; fail with every measured number if nothing reaches it.
+keep more layers in float and try again; fail with every measured number if nothing reaches it. The loop is
+:func:`run_gate`; :func:`export.api.convert_measured` runs it for every target, each attempt a conversion by the
+target's converter measured through ``load_predictor`` on the staged artifact.
 
 Layers are chosen by their node names (module paths of the generator, identical in the ONNX and in the OpenVINO
 model converted from it). The steps, each adding to the previous one, follow what the quantization literature
