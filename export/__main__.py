@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: --batch when it is not given (export from a checkpoint; --from keeps the source artifact's)
+DEFAULT_BATCH = (1, 1, 16)
+
 
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
@@ -65,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=int, default=256, help="label maps in the calibration set (default 256)")
     p.add_argument("--calib-seed", type=int, default=None, help="seed of the synthetic maps and the noise")
     p.add_argument("--size", type=_size, default=None, help="HxW of the artifact (default: the training size)")
-    p.add_argument("--batch", type=_batch, default=(1, 1, 16), help="min,opt,max batch (default 1,1,16)")
+    p.add_argument("--batch", type=_batch, default=None,
+                   help=f"min,opt,max batch (default {','.join(map(str, DEFAULT_BATCH))}; with --from: the source artifact's)")
     p.add_argument("--min-psnr", type=_psnr, default=30.0, help="INT8 quality bar against FP32 in dB (default 30)")
     p.add_argument("--out", default=None, help="artifact directory (default artifacts/RUN-TARGET-PRECISION)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -106,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         options["image_output"] = True
     report = export_generator(
         args.checkpoint, args.target, args.precision or "fp32", calib=args.calib, calib_samples=args.calib_samples,
-        calib_seed=args.calib_seed, size=args.size, batch=args.batch, min_psnr=args.min_psnr, out=args.out,
+        calib_seed=args.calib_seed, size=args.size, batch=args.batch or DEFAULT_BATCH, min_psnr=args.min_psnr, out=args.out,
         overwrite=args.overwrite, options=options, log=_progress(args.log_level),
     )
     print(report.table())
@@ -149,8 +153,7 @@ def _from_onnx(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--from takes -o workspace_gb=N only, not {', '.join(unknown)}.")
     workspace_gb = OPTIONS["workspace_gb"]("workspace_gb", options.get("workspace_gb", 2.0))
-    result = export_from_onnx(args.from_onnx, args.out, args.precision,
-                              args.batch if args.batch != (1, 1, 16) else None, args.dla,
+    result = export_from_onnx(args.from_onnx, args.out, args.precision, args.batch, args.dla,  # None: not given
                               workspace_gb=workspace_gb, overwrite=args.overwrite)
     for note in result.notes:
         print(note)

@@ -1,27 +1,31 @@
 """``export_generator``: a trained generator -> one artifact directory (model files + ``model.json``).
 
 The function behind ``python -m export``. It loads the EMA generator of a run or checkpoint, builds the
-calibration set, calls the target module (``export/<target>.py``: ``export(ExportRequest) -> ExportResult``) in a
-temporary folder beside ``out``, writes the manifest through :mod:`runtimes.spec` and the model card
-(:mod:`export.model_card`), and renames the folder into place only when everything succeeded: a failed export
-writes nothing.
+calibration set, and in a temporary folder beside ``out`` calls the target's converter (``export/<target>.py``,
+:mod:`export.base`) -- for the precisions that calibrate once per level of the accuracy gate
+(:mod:`export.gate`) -- measuring every conversion against the torch generator on the held-out maps by opening
+the staged artifact as users do (:func:`measure`: ``load_predictor`` with a provisional ``model.json``). It then
+writes the manifest through :mod:`runtimes.spec` and the model card (:mod:`export.model_card`), and renames the
+folder into place only when everything succeeded: a failed export writes nothing.
 """
 
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from dpsims.errors import ConfigError, DpSimsError
 from dpsims.optional import require
-from export.base import ExportRequest, ExportResult, check_out_dir, staged_dir
+from export.base import SCRATCH, Converted, ExportRequest, check_out_dir, staged_dir
+from export.gate import exclusion_levels, run_gate
 from export.model_card import write_model_card
 from runtimes.spec import ClassInfo, Manifest, file_entry, write_manifest
-from runtimes.targets import TARGETS
+from runtimes.targets import TARGETS, Target
 
 VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "coremltools", "tensorrt", "dp-sims")
 
@@ -112,8 +116,8 @@ def export_generator(
 ) -> ExportReport:
     """Export the EMA generator of ``checkpoint`` (a run folder, checkpoint folder or generator file).
 
-    About 85 lines by design: the export's steps (check options, load, calibrate, convert, gate, write the
-    manifest and model card) in the order they run, each a call into its own module.
+    About 95 lines by design: the export's steps (check options, load, calibrate, convert and measure through
+    the gate, finish, write the manifest and model card) in the order they run, each a call into its own module.
 
     ``calib``: 'synthetic', 'synthetic-photo', a folder of label maps, or a dataset config; default: the
     built-in scenes a model was trained on; for INT8 of other models the training run's own ``config.yaml`` (its dataset) when
@@ -123,7 +127,7 @@ def export_generator(
     precision = normalize_precision(target, precision)
     options = check_options(target, dict(options or {}))
     check_requirements(target, precision)
-    module = importlib.import_module(TARGETS[target].exporter)
+    importlib.import_module(TARGETS[target].exporter)  # a converter that cannot import fails before any work
     batch = _check_batch(batch)
 
     from calibration import load_calibration_set
@@ -142,10 +146,10 @@ def export_generator(
     if calib is None:
         builtin = info.dataset in BUILTIN_SCENES
         run_config = run_config_of(source_file) if not builtin else None
-        if precision in ("int8", "w8a8") and run_config is not None:
+        if TARGETS[target].calibrates(precision) and run_config is not None:
             calib = run_config  # its data.root: the dataset the generator was trained on
             log(f"[export] calibration maps from the run's own dataset ({run_config}; --calib to choose others)")
-        elif precision in ("int8", "w8a8") and not builtin:
+        elif TARGETS[target].calibrates(precision) and not builtin:
             raise ConfigError(
                 f"INT8 calibration needs label maps like the ones the generator will see ({info.dataset or 'its dataset'}): "
                 "give --calib RUN/config.yaml (the training run's config, which names its data.root), another "
@@ -153,7 +157,7 @@ def export_generator(
             )
         else:
             calib = info.dataset if builtin else BLOCKS
-    samples = calib_samples if precision in ("int8", "w8a8") else min(calib_samples, 16)
+    samples = calib_samples if TARGETS[target].calibrates(precision) else min(calib_samples, 16)
     calib_set = load_calibration_set(calib, info.num_classes, input_size, noise_shape, samples,
                                      DEFAULT_SEED if calib_seed is None else calib_seed, info.palette, info.ignore_id)
     log(f"[export] calibration set: {len(calib_set)} label maps from {calib_set.source} "
@@ -169,22 +173,118 @@ def export_generator(
             trained_on={"dataset": info.dataset, "step": info.step, "image_size": list(info.image_size),
                         "checkpoint": source_file.name},
         )
+        calib_part, held_out = calib_set.split()
         request = ExportRequest(
-            generator=generator, info=info, classes=classes, precision=precision, out_dir=work,
-            input_size=input_size, noise_shape=noise_shape, batch=batch, calib=calib_set, min_psnr=min_psnr,
+            generator=generator, classes=classes, precision=precision, out_dir=work, input_size=input_size,
+            noise_shape=noise_shape, batch=batch, calib=calib_part if TARGETS[target].calibrates(precision) else None,
             options=dict(options or {}), metadata={k: v for k, v in manifest.to_dict().items() if k != "files"},
         )
         log(f"[export] exporting to {target} {precision} at {input_size[0]}x{input_size[1]}")
-        result: ExportResult = module.export(request)
-        manifest.files = [file_entry(work, name) for name in result.files]
-        manifest.quality = result.quality
-        manifest.calibration = result.calibration
-        manifest.target_options = result.target_options
+        converted, manifest.quality, manifest.calibration = convert_measured(TARGETS[target], request, held_out, min_psnr)
+        finish = getattr(importlib.import_module(TARGETS[target].exporter), "finish", None)
+        if finish is not None:  # once, on the conversion kept (TensorRT's engine, Core ML's package)
+            converted = finish(request, converted)
+        manifest.files = [file_entry(work, name) for name in TARGETS[target].artifact_files(work)]
+        manifest.target_options = converted.target_options
         write_manifest(manifest, work)
         write_model_card(work, manifest, run_name=_run_name(source_file), run_config=run_config_of(source_file),
                          parameters=sum(p.numel() for p in generator.parameters()))
     size_bytes = sum(f.bytes for f in manifest.files)
-    return ExportReport(out_dir, manifest, time.perf_counter() - started, size_bytes, list(result.notes))
+    return ExportReport(out_dir, manifest, time.perf_counter() - started, size_bytes, list(converted.notes))
+
+
+def convert_measured(target: Target, request: ExportRequest, held_out: Any, min_psnr: float = 30.0,
+                     ) -> tuple[Converted, dict[str, Any] | None, dict[str, Any] | None]:
+    """Convert ``request`` with ``target``'s converter and measure it against the torch generator on ``held_out``
+    (a CalibrationSet the converter never sees): ``(converted, quality, calibration)`` for the manifest.
+
+    Precisions that calibrate pass the accuracy gate: one conversion per level of :func:`export.gate.run_gate`
+    (layers the converter's ``quantizable`` names kept float, more at each level) until the PSNR reaches
+    ``min_psnr``; ExportQualityError with every measured number if none does. Other precisions convert once.
+    The scratch folder is removed; the converter's ``finish``, if it has one, is the caller's to run."""
+    from calibration import run_all, torch_runner
+
+    module = importlib.import_module(target.exporter)
+    reference = run_all(torch_runner(request.generator), held_out)
+    try:
+        if not target.calibrates(request.precision):
+            converted = module.convert(request, [])
+            quality, calibration = measure(target, request, converted, held_out, reference), None
+        else:
+            names = list(module.quantizable(request)) if hasattr(module, "quantizable") else []
+            levels = exclusion_levels(names) if names else [("as calibrated", [])]
+
+            def attempt(keep_float: list[str]) -> tuple[dict[str, Any], Converted]:
+                conversion = module.convert(request, keep_float)
+                return measure(target, request, conversion, held_out, reference), conversion
+
+            quality, kept, converted = run_gate(attempt, levels, min_psnr, f"{target.name} {request.precision}",
+                                                names=names or None)
+            if names:
+                quality["kept_high_precision"] = kept
+            calibration = {**request.calibration_data().summary(), "held_out": len(held_out),
+                           "method": converted.method}
+    finally:
+        shutil.rmtree(request.out_dir / SCRATCH, ignore_errors=True)
+    return converted, quality, calibration
+
+
+def measure(target: Target, request: ExportRequest, converted: Converted, held_out: Any,
+            reference: Any) -> dict[str, Any] | None:
+    """The quality report of one conversion against the torch ``reference`` images of ``held_out``.
+
+    The staged artifact is opened the way users open it: a provisional ``model.json`` is written into
+    ``request.out_dir`` and ``load_predictor`` (``Target.measure`` "backend"; another backend class where the
+    target names one) generates the held-out maps from their noise on the CPU. A target measured by its converter
+    reports on the converter's torch stand-in instead (None without one). FP32 reports ``max_abs_error_vs_torch``
+    (a check, not a precision loss), other precisions :func:`calibration.compare_images`."""
+    import numpy as np
+
+    from calibration import compare_images, run_all, torch_runner
+
+    if target.measure == "converter":
+        if converted.stand_in is None:
+            return None
+        images, measured_with = run_all(torch_runner(converted.stand_in), held_out), converted.measured_with
+    else:
+        with open_staged(target, request, converted) as predictor:
+            images = predictor.generate_raw(held_out.labels, noise=held_out.noise)
+            measured_with = _measured_with(predictor.info()["backend"], target)
+    if request.precision == "fp32":
+        return {"max_abs_error_vs_torch": round(float(np.abs(images - reference).max()), 8), "measured_with": measured_with}
+    quality = compare_images(reference, images, held_out)
+    if converted.kept_float is not None:
+        quality["kept_high_precision"] = converted.kept_float
+    return {**quality, "measured_with": measured_with}
+
+
+def open_staged(target: Target, request: ExportRequest, converted: Converted):
+    """A :class:`runtimes.predictor.Predictor` on the CPU over the artifact staged in ``request.out_dir``, after a
+    provisional ``model.json`` (its files hashed as the final one will be) is written there: ``load_predictor``
+    itself, or, where ``target.measure`` names another backend class, the same steps with that class."""
+    from runtimes.backends import open_backend
+    from runtimes.loader import load_predictor
+    from runtimes.predictor import Predictor
+    from runtimes.spec import read_manifest
+
+    work = request.out_dir
+    files = [asdict(file_entry(work, name)) for name in target.artifact_files(work)]
+    write_manifest(Manifest.from_dict({**request.metadata, "files": files,
+                                       "target_options": converted.target_options}), work)
+    if target.measure == "backend":
+        return load_predictor(work, device="cpu")
+    manifest = read_manifest(work)
+    return Predictor(open_backend(work, manifest, "cpu", backend=target.measure), manifest, work)
+
+
+def _measured_with(backend: dict[str, Any], target: Target) -> str:
+    """What measured the numbers, from the predictor's own description of its backend."""
+    what = f"{backend.get('library', backend.get('backend'))}, CPU"
+    if backend.get("inference_precision"):
+        what += f", inference precision {backend['inference_precision']}"
+    if target.measure == "backend":
+        return what + ", as load_predictor opens it"
+    return what + f", {backend.get('backend')} on the artifact's files (the {target.name} backend runs on the device)"
 
 
 def library_versions() -> dict[str, str]:

@@ -1,5 +1,22 @@
-"""What every target module receives and returns. The CLI (export/__main__.py) and the API (export/api.py)
-build an :class:`ExportRequest`, call ``export(request)`` of the target's module, and write the manifest."""
+"""What every converter receives and returns, and the converter protocol.
+
+A target's converter module (``Target.exporter`` in runtimes/targets.py, e.g. ``export/onnx.py``) only converts:
+
+- ``OPTIONS``: ``{name: check}``, the ``-o`` options it reads (checks below);
+- ``convert(request, keep_float) -> Converted``: the request's generator at ``request.precision``, written into
+  ``request.out_dir`` as the files the target declares (``Target.files``), with the layers named in
+  ``keep_float`` left in float. Called once per accuracy-gate attempt for the precisions that calibrate (each
+  call replaces the previous files), once otherwise;
+- ``quantizable(request) -> list[str]`` (calibrating targets): the layer names, in graph order, the gate may keep
+  float (:func:`export.gate.exclusion_levels` groups them); without it the gate has one attempt;
+- ``finish(request, converted) -> Converted`` (optional): once, on the conversion the gate kept, the work that
+  does not change what was measured (TensorRT: build the engine where TensorRT is here; Core ML: convert the
+  measured torch module with coremltools).
+
+:func:`export.api.export_generator` does the rest once for every target: the calibration set, the torch
+reference, the gate loop, the measurement of each attempt by opening the staged artifact with the runtime backend
+users load, the manifest and the model card.
+"""
 
 from __future__ import annotations
 
@@ -18,40 +35,65 @@ if TYPE_CHECKING:  # heavy imports stay out of module import time
 
     from calibration import CalibrationSet
     from runtimes.spec import ClassInfo
-    from train.checkpoint import GeneratorInfo
+
+#: the folder inside ``out_dir`` where a converter keeps what its conversions of one export share (the FP32 ONNX
+#: the quantizers start from); export.api removes it before the manifest is written
+SCRATCH = ".scratch"
 
 
 @dataclass
 class ExportRequest:
     generator: torch.nn.Module
     """The EMA generator, eval mode, float32, on the CPU."""
-    info: GeneratorInfo
     classes: list[ClassInfo]
     precision: str
     out_dir: Path
-    """An empty temporary folder; the API renames it into place only when the export succeeded."""
+    """The staged artifact folder; the API renames it into place only when the export succeeded."""
     input_size: tuple[int, int]
     noise_shape: tuple[int, ...]
     batch: tuple[int, int, int] = (1, 1, 16)
     """(min, opt, max) batch; ONNX/OpenVINO keep the batch dynamic, TensorRT builds a profile from it."""
     calib: CalibrationSet | None = None
-    min_psnr: float = 30.0
+    """The maps a quantizer calibrates on (precisions that calibrate); never the held-out maps the gate measures."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Target-specific options from the CLI (e.g. dla, image_output, from_onnx, opset)."""
+    """Target-specific options from the CLI (e.g. dla, image_output, opset)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Manifest fields known before the export (everything but files/quality); formats with room for metadata
-    (ONNX metadata_props, OpenVINO rt_info, CoreML user_defined_metadata) embed it as JSON."""
+    (ONNX metadata_props, OpenVINO rt_info, CoreML user_defined_metadata) embed it as JSON
+    (``runtimes.targets.METADATA_KEY``)."""
+
+    @property
+    def scratch(self) -> Path:
+        """A folder (created on first use) for intermediates shared by the conversions of this export."""
+        path = Path(self.out_dir) / SCRATCH
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def calibration_data(self) -> CalibrationSet:
+        """:attr:`calib`, or a ConfigError when the request has none."""
+        if self.calib is None:
+            raise ConfigError(f"--precision {self.precision} calibrates: give --calib (synthetic, a folder of label "
+                              "maps, or a dataset config).")
+        return self.calib
 
 
 @dataclass
-class ExportResult:
-    files: list[str]
-    """Paths relative to out_dir of every file the artifact needs (hashed into the manifest)."""
-    quality: dict[str, Any] | None = None
-    calibration: dict[str, Any] | None = None
+class Converted:
+    """What one conversion made, besides the declared files in ``out_dir``."""
+
     target_options: dict[str, Any] = field(default_factory=dict)
+    """The manifest's ``target_options``."""
     notes: list[str] = field(default_factory=list)
     """Lines printed after the summary table (e.g. 'engine will be built on the device')."""
+    method: str | None = None
+    """How it calibrated (precisions that calibrate): the manifest's ``calibration.method``."""
+    kept_float: list[str] | None = None
+    """What stays float where the converter decides it (Core ML); the gate's choice is recorded otherwise."""
+    stand_in: Any = None
+    """Targets measured by their converter (``Target.measure == "converter"``): a torch module computing what
+    the converted model computes, measured in its place; None: no quality numbers."""
+    measured_with: str | None = None
+    """What computed the stand-in's numbers (the manifest's ``quality.measured_with``)."""
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:

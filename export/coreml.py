@@ -19,18 +19,22 @@ Core ML runs range-flexible models on the Neural Engine for the default shape on
 With ``image_output`` the graph maps the image to 0..255 and returns it as an RGB image (``ct.ImageType``), which
 Core ML allows for batch 1 only: such packages have a fixed batch of 1.
 
-Quality: the Core ML model cannot run off macOS, so the numbers in the manifest come from torch
-(``quality["measured_with"]`` says so), through the report every target shares (:mod:`calibration.compare`) on
-the held-out part of the calibration set (``CalibrationSet.split()``; the quantizer never sees it): for ``int8w``
-the generator with its weights quantized the way ``linear_quantize_weights`` does, for ``w8a8`` the calibrated,
-frozen int8 module that is converted, each against float32. Float16 compute on the device lowers them a little
-further; the notes say so. fp32 and fp16 packages carry no quality numbers.
+Quality: the Core ML model cannot run off macOS, so :func:`convert` hands export.api a torch stand-in to measure
+(``Target.measure == "converter"``; ``quality["measured_with"]`` says so), through the report every target shares
+(:mod:`calibration.compare`) on the held-out part of the calibration set (the quantizer never sees it): for
+``int8w`` the generator with its weights quantized the way ``linear_quantize_weights`` does, for ``w8a8`` the
+calibrated, frozen int8 module that :func:`finish` converts, each against float32; w8a8 passes the accuracy
+gate (one attempt: the calibration decides what stays float). Float16 compute on the device lowers the numbers a
+little further; the notes say so. fp32 and fp16 packages carry no quality numbers. The coremltools conversion,
+the slow step, runs in :func:`finish`, once the measured module has passed.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration import CalibrationSet, compare, torch_runner
 from dpsims.errors import DpSimsError
 from dpsims.optional import require
-from export.base import ExportRequest, ExportResult, flag, number, text
+from export.base import Converted, ExportRequest, flag, number, text
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
-from runtimes.targets import TARGETS
+from runtimes.targets import METADATA_KEY, TARGETS
 
-PACKAGE = "model.mlpackage"
-METADATA_KEY = "dp_sims"
-PRECISIONS = TARGETS["coreml"].precisions
+(PACKAGE,) = TARGETS["coreml"].files
 DEFAULT_DEPLOYMENT_TARGET = "iOS17"
 #: the -o options this target reads (checked by export.api.check_options)
 OPTIONS = {"deployment_target": text, "image_output": flag, "calib_batch": number(int, 1)}
@@ -74,33 +75,56 @@ class PixelOutput(nn.Module):
         return (self.generator(label, noise).clamp(-1.0, 1.0) + 1.0) * 127.5
 
 
-def export(req: ExportRequest) -> ExportResult:
-    """Write ``model.mlpackage`` into ``req.out_dir``; see the module docstring for precisions and options
-    (``image_output``: bool, ``deployment_target``: e.g. "iOS17", "iOS18", "macOS14", ``calib_batch``: int)."""
+def convert(req: ExportRequest, keep_float: Sequence[str] = ()) -> Converted:
+    """Check the deployment target and make the torch module to convert: for w8a8 calibrated on ``req.calib``,
+    for int8w the generator with int8 weights; either is the stand-in export.api measures (``keep_float`` is
+    unused: the calibration decides). The package itself is written by :func:`finish`."""
     ct = require("coremltools", "coreml", "coremltools")
-    if req.precision not in PRECISIONS:
-        raise CoreMLExportError(f"The coreml target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
     target_name = str(req.options.get("deployment_target", DEFAULT_DEPLOYMENT_TARGET))
-    target = deployment_target(ct, target_name, req.precision)
+    deployment_target(ct, target_name, req.precision)
     image_output = bool(req.options.get("image_output", False))
     batch = (1, 1, 1) if image_output else tuple(req.batch)
-
-    module, quality, calibration = req.generator.eval(), None, None
+    converted = Converted(target_options={
+        "package": PACKAGE,
+        "deployment_target": target_name,
+        "compute_precision": "float32" if req.precision == "fp32" else "float16",
+        "image_output": image_output,
+        "batch": list(batch),
+    })
     if req.precision == "w8a8":
-        module, quality, calibration = _quantize_w8a8(req)
-    elif req.precision == "int8w" and req.calib is not None:
-        quality = _int8w_quality(req.generator, req.calib.split()[1])
+        from calibration.coreml import calibrate_w8a8, freeze_w8a8
+
+        w8a8 = calibrate_w8a8(req.generator, req.calibration_data(), batch_size=int(req.options.get("calib_batch", 8)))
+        method = ("coremltools.optimize.torch LinearQuantizer: int8 per-channel symmetric weights, 8-bit symmetric "
+                  "activations from moving-average min/max observers")
+        # what is converted, and so what is measured: the frozen module, not the fake-quantized one it came from
+        return replace(converted, stand_in=freeze_w8a8(w8a8), kept_float=list(w8a8.kept_float), method=method,
+                       measured_with=MEASURED_WITH)
+    if req.precision == "int8w":
+        kept = [f"weights with <= {WEIGHT_THRESHOLD} elements", "activations (float16)"]
+        return replace(converted, stand_in=_with_int8_weights(req.generator), kept_float=kept,
+                       measured_with=MEASURED_WITH)
+    return converted
+
+
+def finish(req: ExportRequest, converted: Converted) -> Converted:
+    """Convert the module :func:`convert` made (w8a8: the measured stand-in; else the generator) into
+    ``model.mlpackage``; int8w quantizes its weights in the package."""
+    ct = require("coremltools", "coreml", "coremltools")
+    options = converted.target_options
+    target_name, image_output, batch = options["deployment_target"], options["image_output"], tuple(options["batch"])
+    module = converted.stand_in if req.precision == "w8a8" else req.generator.eval()
     if image_output:
         module = PixelOutput(module).eval()
 
     start = time.perf_counter()
     program = export_program(module, req.input_size, req.noise_shape, batch)
-    mlmodel = convert(ct, program, req.input_size, req.noise_shape, batch, req.precision, target, image_output)
+    target = deployment_target(ct, target_name, req.precision)
+    mlmodel = to_mlmodel(ct, program, req.input_size, req.noise_shape, batch, req.precision, target, image_output)
     if req.precision == "int8w":
         mlmodel = quantize_weights(ct, mlmodel)
     describe(mlmodel, req, image_output)
-    package = Path(req.out_dir) / PACKAGE
-    mlmodel.save(str(package))
+    mlmodel.save(str(Path(req.out_dir) / PACKAGE))
     seconds = time.perf_counter() - start
 
     notes = [
@@ -108,24 +132,13 @@ def export(req: ExportRequest) -> ExportResult:
         f"{'float32' if req.precision == 'fp32' else 'float16'} compute).",
         "The Core ML model itself was not run: Core ML prediction needs macOS. "
         + ("Its quality was measured in torch (see the manifest); float16 compute on the device lowers it a little."
-           if quality else "Check it there with `python -m runtimes` against another target's output."),
+           if converted.stand_in is not None else
+           "Check it there with `python -m runtimes` against another target's output."),
     ]
     if not image_output and batch[0] != batch[2]:
         notes.append(f"Flexible batch {batch[0]}..{batch[2]}: the Neural Engine runs batch {batch[1]} (the default), "
                      "other batch sizes run on the CPU or GPU.")
-    return ExportResult(
-        files=package_files(req.out_dir),
-        quality=quality,
-        calibration=calibration,
-        target_options={
-            "package": PACKAGE,
-            "deployment_target": target_name,
-            "compute_precision": "float32" if req.precision == "fp32" else "float16",
-            "image_output": image_output,
-            "batch": list(batch),
-        },
-        notes=notes,
-    )
+    return replace(converted, notes=[*converted.notes, *notes])
 
 
 # ------------------------------------------------------------------------------------------------ conversion
@@ -162,7 +175,7 @@ def export_program(module: nn.Module, input_size, noise_shape, batch) -> torch.e
     return program.run_decompositions({})
 
 
-def convert(ct: Any, program, input_size, noise_shape, batch, precision: str, target: Any, image_output: bool):
+def to_mlmodel(ct: Any, program, input_size, noise_shape, batch, precision: str, target: Any, image_output: bool):
     """``coremltools.convert`` of ``program`` into an ML Program with the contract's names and types."""
     low, default, high = batch
     n = ct.RangeDim(lower_bound=low, upper_bound=high, default=default, symbol="batch") if high > low else low
@@ -196,7 +209,7 @@ def quantize_weights(ct: Any, mlmodel: Any, weight_threshold: int = WEIGHT_THRES
 
 
 def describe(mlmodel: Any, req: ExportRequest, image_output: bool) -> None:
-    """Embed the manifest JSON (``user_defined_metadata["dp_sims"]``) and describe the inputs and outputs (Xcode
+    """Embed the manifest JSON (``user_defined_metadata[METADATA_KEY]``) and describe the inputs and outputs (Xcode
     shows these)."""
     h, w = req.input_size
     mlmodel.short_description = "DP-SIMS generator: semantic label map + noise -> RGB image"
@@ -210,55 +223,7 @@ def describe(mlmodel: Any, req: ExportRequest, image_output: bool) -> None:
     mlmodel.user_defined_metadata[METADATA_KEY] = json.dumps(req.metadata, sort_keys=True)
 
 
-def package_files(out_dir: Path) -> list[str]:
-    """Every file inside the package, relative to ``out_dir`` (the manifest hashes each one)."""
-    root = Path(out_dir)
-    return sorted(p.relative_to(root).as_posix() for p in (root / PACKAGE).rglob("*") if p.is_file())
-
-
 # ------------------------------------------------------------------------------------------- quantized in torch
-
-
-def _quantize_w8a8(req: ExportRequest) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Calibrate W8A8 in torch on the calibration part of ``req.calib``; return the module to convert, its quality
-    against float32 on the held-out part, and the calibration summary."""
-    from calibration.coreml import calibrate_w8a8, freeze_w8a8
-
-    if req.calib is None:
-        raise CoreMLExportError("--precision w8a8 calibrates activations: give calibration data with --calib.")
-    calib_part, held_out = req.calib.split()
-    w8a8 = calibrate_w8a8(req.generator, calib_part, batch_size=int(req.options.get("calib_batch", 8)))
-    frozen = freeze_w8a8(w8a8)  # what is converted: measure it, not the fake-quantized module it came from
-    quality = _torch_quality(req.generator, frozen, held_out, w8a8.kept_float)
-    psnr = quality.get("psnr_db")
-    if psnr is not None and psnr < req.min_psnr:
-        from export.gate import ExportQualityError
-
-        raise ExportQualityError(
-            f"coreml w8a8: PSNR {psnr:.2f} dB against FP32 on {len(held_out)} held-out maps, below --min-psnr "
-            f"{req.min_psnr:.1f} (kept float: {', '.join(w8a8.kept_float)}). Ship int8 weights (--precision int8) or "
-            "fp16, or calibrate on maps from the training data (--calib, more --calib-samples)."
-        )
-    calibration = {
-        **calib_part.summary(),
-        "held_out": len(held_out),
-        "method": "coremltools.optimize.torch LinearQuantizer: int8 per-channel symmetric weights, 8-bit "
-        "symmetric activations from moving-average min/max observers",
-    }
-    return frozen, quality, calibration
-
-
-def _int8w_quality(generator: nn.Module, held_out: CalibrationSet) -> dict[str, Any]:
-    """The generator with its weights quantized as :func:`quantize_weights` does, against float32."""
-    kept = [f"weights with <= {WEIGHT_THRESHOLD} elements", "activations (float16)"]
-    return _torch_quality(generator, _with_int8_weights(generator), held_out, kept)
-
-
-def _torch_quality(reference: nn.Module, candidate: nn.Module, held_out: CalibrationSet, kept: list[str]) -> dict[str, Any]:
-    """The shared quality report (:func:`calibration.compare`) of ``candidate`` against ``reference``, both run in
-    torch: Core ML itself predicts only on macOS."""
-    quality = compare(torch_runner(reference), torch_runner(candidate), held_out)
-    return {**quality, "kept_high_precision": kept, "measured_with": MEASURED_WITH}
 
 
 def _with_int8_weights(generator: nn.Module, weight_threshold: int = WEIGHT_THRESHOLD) -> nn.Module:

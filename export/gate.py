@@ -1,5 +1,7 @@
 """The INT8 accuracy gate: quantize, measure PSNR against FP32 on held-out samples, and while it is below the bar
-keep more layers in float and try again; fail with every measured number if nothing reaches it.
+keep more layers in float and try again; fail with every measured number if nothing reaches it. The loop is
+:func:`run_gate`; :func:`export.api.convert_measured` runs it for every target, each attempt a conversion by the
+target's converter measured through ``load_predictor`` on the staged artifact.
 
 Layers are chosen by their node names (module paths of the generator, identical in the ONNX and in the OpenVINO
 model converted from it). The steps, each adding to the previous one, follow what the quantization literature
@@ -95,12 +97,14 @@ def run_gate(attempt: Callable[[list[str]], tuple[dict[str, Any], Any]], levels:
 
 def _run_gate(attempt, levels, min_psnr, what, progress, names, max_groups):
     tried: list[str] = []
+    values: list[float] = []
 
     def measure(description: str, kept: list[str], step: str) -> tuple[float, dict[str, Any], Any]:
         quality, extra = attempt(kept)
         value = quality.get("psnr_db")
         value = float("inf") if value is None else float(value)
         tried.append(f"{description}: {value:.2f} dB")
+        values.append(value)
         if progress is not None:
             progress(f"[{what}] gate {step} ({description}, {len(kept)} layers float): PSNR {value:.2f} dB (bar {min_psnr:.1f})")
         return value, quality, extra
@@ -144,5 +148,6 @@ def _run_gate(attempt, levels, min_psnr, what, progress, names, max_groups):
     raise ExportQualityError(
         f"{what}: no quantization reached PSNR {min_psnr:.1f} dB against FP32 ({'; '.join(tried)}). Try more "
         "calibration samples (--calib-samples), calibration maps from the training data (--calib), a lower "
-        "--min-psnr if the images still look right, or ship the fp16 artifact."
+        "--min-psnr if the images still look right, or ship the fp16 artifact. The best attempt reached PSNR "
+        f"{max(values, default=float('nan')):.2f} dB against FP32, below --min-psnr {min_psnr:.1f}."
     )

@@ -1,8 +1,9 @@
 """ONNX target: ``model.onnx`` at fp32, fp16 or int8 (Q/DQ), the hub the OpenVINO and TensorRT targets build on.
 
 - fp32: the TorchScript-based exporter (opset 17, the newest TensorRT 8.6 parses; it gives plain named nodes such as
-  ``/blocks.0.0/conv0/Conv``, which the INT8 exclusion patterns rely on), ``onnx.checker`` full check, shape
-  inference, and a run in ONNX Runtime against torch (``max_abs_error_vs_torch``).
+  ``/blocks.0.0/conv0/Conv``, which the INT8 exclusion patterns rely on), ``onnx.checker`` full check and shape
+  inference. export.api runs it through the predictor's ONNX Runtime backend against torch
+  (``max_abs_error_vs_torch``).
 - fp16: float16 weights and compute with float32 inputs/outputs; normalisations, softmax and the label one-hot
   stay float32 (``onnxruntime.transformers.float16``).
 - int8: ONNX Runtime's static quantizer in QDQ form: int8 symmetric per-channel weights, int8 symmetric activations
@@ -10,8 +11,9 @@
   not on their outputs: :data:`TENSORRT_QDQ_OPTIONS`) or uint8 asymmetric activations
   (``qdq_for="cpu"``, faster in ONNX Runtime on CPUs), Conv/MatMul/Gemm only; NVIDIA ModelOpt's ONNX PTQ makes
   the TensorRT form instead where it is installed (``-o quantizer=auto|modelopt|onnxruntime``); with ModelOpt,
-  ``-o high_precision=fp16`` computes the layers INT8 leaves float in FP16 (else FP32 in a strongly typed build). Calibrated on the calibration set
-  and accuracy-gated (:mod:`export.gate`): below ``min_psnr`` more layers stay float and it tries again.
+  ``-o high_precision=fp16`` computes the layers INT8 leaves float in FP16 (else FP32 in a strongly typed build).
+  Calibrated on the calibration set; export.api's accuracy gate (:mod:`export.gate`) calls :func:`convert` with
+  more layers kept float (:func:`quantizable` names the candidates) until the held-out PSNR reaches the bar.
 """
 
 from __future__ import annotations
@@ -20,24 +22,21 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calibration import CalibrationSet, compare_images, run_all, torch_runner
+from calibration import CalibrationSet
 from dpsims.errors import ConfigError
 from dpsims.optional import require
-from export.base import QDQ_OPTIONS, ExportRequest, ExportResult
-from export.gate import ExportQualityError, exclusion_levels, run_gate
+from export.base import QDQ_OPTIONS, Converted, ExportRequest
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE
-from runtimes.targets import TARGETS
+from runtimes.targets import METADATA_KEY, TARGETS
 
-MODEL = "model.onnx"
-METADATA_KEY = "dp_sims"
+(MODEL,) = TARGETS["onnx"].files
 DEFAULT_OPSET = 17
-PRECISIONS = TARGETS["onnx"].precisions
 #: the -o options this target reads (checked by export.api.check_options)
 OPTIONS = QDQ_OPTIONS
 #: op types kept float32 in fp16 models: normalisation statistics, softmax, and the one-hot comparison
@@ -61,67 +60,49 @@ TENSORRT_QDQ_OPTIONS = {
 CPU_QDQ_OPTIONS = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}
 
 
-def export(req: ExportRequest) -> ExportResult:
+def convert(req: ExportRequest, keep_float: Sequence[str] = ()) -> Converted:
+    """Write ``model.onnx`` at ``req.precision``; for int8, the nodes named in ``keep_float`` stay float."""
     require("onnx", "onnx")
     require("onnxruntime", "onnx")
-    if req.precision not in PRECISIONS:
-        raise ConfigError(f"The onnx target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
     opset = int(req.options.get("opset", DEFAULT_OPSET))
     high_precision = check_high_precision(req)
     path = req.out_dir / MODEL
-    fp32_path = req.out_dir / "fp32.onnx.tmp" if req.precision != "fp32" else path
-    export_fp32(req.generator, req.input_size, fp32_path, opset, req.batch)
-    notes: list[str] = []
-    data = req.calib
-    held_out = data.split()[1] if data is not None else None
-    reference = run_all(torch_runner(req.generator), held_out) if held_out is not None else None
-
-    fp32_check = None
-    if held_out is not None:
-        fp32_images = run_all(session_runner(fp32_path), held_out)
-        fp32_check = float(np.abs(fp32_images - reference).max())
-        notes.append(f"ONNX Runtime FP32 vs torch: max abs error {fp32_check:.2e}")
-
-    quality, calibration, kept = None, None, None
-    if req.precision == "fp32" and fp32_check is not None:  # a check, not a precision loss (as openvino/torch fp32)
-        quality = {"max_abs_error_vs_torch": round(fp32_check, 8), "measured_with": "ONNX Runtime CPU"}
+    method = None
+    if req.precision == "fp32":
+        export_fp32(req.generator, req.input_size, path, opset, req.batch)
     elif req.precision == "fp16":
-        convert_fp16(fp32_path, path)
-        if held_out is not None:
-            quality = compare_images(reference, run_all(session_runner(path), held_out), held_out)
-    elif req.precision == "int8":
-        if data is None:
-            raise ExportQualityError("INT8 needs calibration data: give --calib (synthetic, a folder of label maps, or a dataset config).")
-        calib_part, _ = data.split()
+        convert_fp16(fp32_onnx(req), path)
+    else:
+        data = req.calibration_data()
         activations = "int8" if req.options.get("qdq_for", "tensorrt") == "tensorrt" else "uint8"
         quantizer = choose_quantizer(str(req.options.get("quantizer", "auto")), activations)
-        method = req.options.get("calibrate_method", "minmax")
-
-        def attempt(exclude: list[str]) -> tuple[dict[str, Any], Any]:
-            if quantizer == "modelopt":
-                quantize_modelopt(fp32_path, path, calib_part, exclude, method, high_precision)
-            else:
-                quantize_qdq(fp32_path, path, calib_part, exclude, activations, method)
-            return compare_images(reference, run_all(session_runner(path), held_out), held_out), None
-
-        names = node_names(fp32_path)
-        quality, kept, _ = run_gate(attempt, exclusion_levels(names), req.min_psnr, "onnx int8", names=names)
+        calibrate = req.options.get("calibrate_method", "minmax")
+        if quantizer == "modelopt":
+            quantize_modelopt(fp32_onnx(req), path, data, list(keep_float), calibrate, high_precision)
+        else:
+            quantize_qdq(fp32_onnx(req), path, data, list(keep_float), activations, calibrate)
         how = ("NVIDIA ModelOpt ONNX PTQ (TensorRT explicit-quantization rules)" if quantizer == "modelopt"
                else "onnxruntime quantize_static QDQ")
-        calibration = {**calib_part.summary(), "method": f"{how}, {method}, int8 symmetric per-channel weights, "
-                       f"{activations} activations" + (" symmetric, float biases" if activations == "int8" else " asymmetric")
-                       + (", float layers in FP16" if high_precision == "fp16" else ""),
-                       "held_out": len(held_out)}
-    if quality is not None:
-        if fp32_check is not None and req.precision != "fp32":
-            quality["max_abs_error_fp32_vs_torch"] = round(fp32_check, 8)
-        if kept is not None:
-            quality["kept_high_precision"] = kept
-    if fp32_path != path:
-        fp32_path.unlink()
+        method = (f"{how}, {calibrate}, int8 symmetric per-channel weights, {activations} activations"
+                  + (" symmetric, float biases" if activations == "int8" else " asymmetric")
+                  + (", float layers in FP16" if high_precision == "fp16" else ""))
     embed_metadata(path, req.metadata)
-    return ExportResult(files=[MODEL], quality=quality, calibration=calibration,
-                        target_options={"opset": opset, "onnx_precision": req.precision}, notes=notes)
+    return Converted(target_options={"opset": opset, "onnx_precision": req.precision}, method=method)
+
+
+def quantizable(req: ExportRequest) -> list[str]:
+    """The Conv/MatMul/Gemm node names of the FP32 graph, the layers the accuracy gate may keep float."""
+    check_high_precision(req)
+    return node_names(fp32_onnx(req))
+
+
+def fp32_onnx(req: ExportRequest) -> Path:
+    """The FP32 ONNX of ``req``'s generator in its scratch folder, exported on the first call of an export (every
+    reduced precision and gate attempt starts from it)."""
+    path = req.scratch / "fp32.onnx"
+    if not path.is_file():
+        export_fp32(req.generator, req.input_size, path, int(req.options.get("opset", DEFAULT_OPSET)), req.batch)
+    return path
 
 
 def export_fp32(generator: Any, input_size: tuple[int, int], path: Path, opset: int = DEFAULT_OPSET,
@@ -276,7 +257,8 @@ def node_names(path: Path) -> list[str]:
 
 
 def session_runner(path: Path, threads: int | None = None):
-    """A runner (see calibration.compare) over an ONNX Runtime CPU session of ``path``."""
+    """A runner (see calibration.compare) over an ONNX Runtime CPU session of ``path`` (the benchmarks' peer
+    comparisons; export measures artifacts through the predictor instead)."""
     ort = require("onnxruntime", "onnx")
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -291,7 +273,7 @@ def session_runner(path: Path, threads: int | None = None):
 
 
 def embed_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    """The manifest's known fields as JSON in ``metadata_props`` (key ``dp_sims``)."""
+    """The manifest's known fields as JSON in ``metadata_props`` (key ``runtimes.targets.METADATA_KEY``)."""
     import onnx
 
     model = onnx.load(str(path))

@@ -1,8 +1,9 @@
 """TensorRT target: ``model.onnx`` at the requested precision + a build plan, and the engine where TensorRT is here.
 
 The ONNX is the portable part of a TensorRT artifact: FP16 as float16 casts, INT8 as explicit Q/DQ nodes
-(symmetric int8, what TensorRT reads), made and quality-checked by the onnx target (:mod:`export.onnx`) so that
-both report the same accuracy numbers. TensorRT 11 builds only such strongly typed networks; 8.6 and 10 build them
+(symmetric int8, what TensorRT reads), converted by the onnx target (:mod:`export.onnx`). The engine cannot be
+built on every exporting machine, so export.api measures the artifact's ONNX in ONNX Runtime
+(``Target.measure``), the same numbers an onnx artifact of the same options reports. TensorRT 11 builds only such strongly typed networks; 8.6 and 10 build them
 too. The engine (``model.engine``, TensorRT's plan, byte for byte) is tied to a GPU model and TensorRT version: it
 is built here when ``tensorrt`` and a GPU are present, otherwise on the device -- by the runtime on first load,
 or ahead of time by ``python -m export --target tensorrt --from model.onnx`` (:func:`export_from_onnx`, no torch).
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dpsims.errors import BackendUnavailable, ManifestError
-from export.base import QDQ_OPTIONS, ExportRequest, ExportResult, check_out_dir, number, staged_dir
+from export.base import QDQ_OPTIONS, Converted, ExportRequest, check_out_dir, number, staged_dir
 from runtimes.spec import file_entry, read_manifest, write_manifest
 from runtimes.targets import TARGETS
 from runtimes.trt_engine import (
@@ -30,7 +32,7 @@ from runtimes.trt_engine import (
     timing_cache_name,
 )
 
-ONNX_NAME = "model.onnx"
+(ONNX_NAME,) = TARGETS["tensorrt"].files
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
 PRECISIONS = TARGETS["tensorrt"].precisions
@@ -52,32 +54,42 @@ def check_dla_batch(dla: Any, batch: tuple[int, int, int]) -> None:
         )
 
 
-def export(req: ExportRequest) -> ExportResult:
-    """Write ``model.onnx`` (through the onnx target: same conversion, same quality gate), check that TensorRT can
-    read its quantization, and build the engine when TensorRT and a GPU are here."""
-    from export import onnx as onnx_target
-
-    if req.precision not in PRECISIONS:
-        raise EngineBuildError(f"The tensorrt target exports {', '.join(PRECISIONS)}, not {req.precision!r}.")
+def onnx_request(req: ExportRequest) -> ExportRequest:
+    """``req`` as the onnx converter takes it: the TensorRT opset and symmetric int8 Q/DQ (the form TensorRT reads)
+    unless the options say otherwise; a DLA request with a dynamic batch is refused first."""
     options = dict(req.options)
     check_dla_batch(options.get("dla"), req.batch)
-    opset = int(options.setdefault("opset", DEFAULT_OPSET))
-    options.setdefault("qdq_for", "tensorrt")  # symmetric int8 activations and weights: the Q/DQ TensorRT reads
-    result = onnx_target.export(replace(req, options=options))
+    options.setdefault("opset", DEFAULT_OPSET)
+    options.setdefault("qdq_for", "tensorrt")
+    return replace(req, options=options)
+
+
+def quantizable(req: ExportRequest) -> list[str]:
+    from export import onnx as onnx_target
+
+    return onnx_target.quantizable(onnx_request(req))
+
+
+def convert(req: ExportRequest, keep_float: Sequence[str] = ()) -> Converted:
+    """Write ``model.onnx`` through the onnx converter and check that TensorRT can read its quantization; the build
+    plan goes into ``target_options``."""
+    from export import onnx as onnx_target
+
+    request = onnx_request(req)
+    converted = onnx_target.convert(request, keep_float)
     onnx_path = req.out_dir / ONNX_NAME
     onnx_precision = detect_onnx_precision(onnx_path)
-    notes = list(result.notes)
+    notes = list(converted.notes)
     if onnx_precision == "int8":
         notes += check_qdq_for_tensorrt(onnx_path)
-    plan = build_plan(req.precision, onnx_precision, req.batch, opset, options)
-    notes += build_here(req.out_dir, plan, req.input_size, req.noise_shape)
-    return ExportResult(
-        files=result.files,
-        quality=result.quality,
-        calibration=result.calibration,
-        target_options={**result.target_options, **plan},
-        notes=notes,
-    )
+    plan = build_plan(req.precision, onnx_precision, req.batch, int(request.options["opset"]), request.options)
+    return replace(converted, target_options={**converted.target_options, **plan}, notes=notes)
+
+
+def finish(req: ExportRequest, converted: Converted) -> Converted:
+    """Build the engine of the ONNX the gate kept when TensorRT and a GPU are here (else say the device will)."""
+    notes = build_here(req.out_dir, converted.target_options, req.input_size, req.noise_shape)
+    return replace(converted, notes=[*converted.notes, *notes])
 
 
 def build_plan(precision: str, onnx_precision: str, batch: tuple[int, int, int], opset: int | None, options: dict) -> dict:
@@ -255,7 +267,7 @@ def export_from_onnx(
     *,
     workspace_gb: float = 2.0,
     overwrite: bool = False,
-) -> ExportResult:
+) -> Converted:
     """Make a TensorRT artifact in ``out_dir`` from the ``model.onnx`` of a dp-sims artifact (onnx or tensorrt
     target; its ``model.json`` gives classes, sizes and quality) and build its engine when TensorRT is here.
 
@@ -277,8 +289,7 @@ def export_from_onnx(
     if source.target not in ("onnx", "tensorrt"):
         raise ManifestError(f"{source_dir} is a {source.target} artifact; --from takes the model.onnx of an onnx or "
                             "tensorrt artifact.")
-    if source.file(onnx_path.name).path != onnx_path.name:
-        raise ManifestError(f"{onnx_path.name} is not the model file of the artifact in {source_dir}.")
+    source.file(onnx_path.name)  # a ManifestError unless the manifest lists it
     in_place = out_dir.exists() and out_dir.resolve() == source_dir.resolve()
     if in_place and source.target != "tensorrt" and not overwrite:
         raise ConfigError(f"--out {out_dir} is the onnx artifact itself: building there would turn it into a "
@@ -321,5 +332,4 @@ def export_from_onnx(
                          "quality was not measured; compare its images with the FP32 artifact before shipping it.")
         write_manifest(manifest, work)
         _carry_model_card(source_dir, work, manifest, onnx_precision)
-    return ExportResult(files=onnx_files, quality=manifest.quality, calibration=source.calibration,
-                        target_options=plan, notes=notes)
+    return Converted(target_options=plan, notes=notes)

@@ -5,14 +5,15 @@ image); fp16/bf16 programs cast inside. The batch dimension is dynamic within th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from calibration import compare_images, run_all, torch_runner
-from dpsims.errors import ConfigError
-from export.base import ExportRequest, ExportResult
+from export.base import Converted, ExportRequest
+from runtimes.targets import TARGETS
 
-MODEL = "model.pt2"
+(MODEL,) = TARGETS["torch"].files
 #: this target reads no -o option
 OPTIONS: dict = {}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,26 +31,15 @@ class CastGenerator(nn.Module):
         return self.generator(label, noise.to(self.dtype)).float()
 
 
-def export(req: ExportRequest) -> ExportResult:
+def convert(req: ExportRequest, keep_float: Sequence[str] = ()) -> Converted:
+    """Write ``model.pt2`` (nothing is quantized: ``keep_float`` is unused)."""
     import copy
 
-    if req.precision not in DTYPES:
-        raise ConfigError(f"The torch target exports {', '.join(DTYPES)}, not {req.precision!r}.")
     dtype = DTYPES[req.precision]
     module = req.generator.eval() if dtype == torch.float32 else CastGenerator(copy.deepcopy(req.generator), dtype).eval()
     program = export_program(module, req.input_size, req.noise_shape, req.batch)
     torch.export.save(program, str(req.out_dir / MODEL))
-
-    quality = None
-    if req.calib is not None:
-        held_out = req.calib.split()[1]
-        reference = run_all(torch_runner(req.generator), held_out)
-        loaded = torch.export.load(str(req.out_dir / MODEL)).module()
-        quality = compare_images(reference, run_all(torch_runner(loaded), held_out), held_out)
-        if req.precision == "fp32":
-            quality = {"max_abs_error_vs_torch": quality["max_abs_error"]}
-        quality["measured_with"] = "torch on the CPU"
-    return ExportResult(files=[MODEL], quality=quality, target_options={"torch": torch.__version__})
+    return Converted(target_options={"torch": torch.__version__})
 
 
 def export_program(module: nn.Module, input_size, noise_shape, batch) -> torch.export.ExportedProgram:

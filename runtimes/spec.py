@@ -13,12 +13,12 @@ from typing import Any
 
 from dpsims.errors import ManifestError
 from dpsims.files import atomic_write, sha256_file
-from runtimes.targets import PRECISIONS
 from runtimes.targets import TARGETS as _TARGETS
+from runtimes.targets import known_precisions
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "model.json"
-TARGETS = tuple(_TARGETS)  # runtimes/targets.py declares each
+TARGETS = tuple(_TARGETS)  # the built-in ones; runtimes/targets.py declares each (validation reads the live registry)
 
 # The graph contract every target exports (docs/design.md, "The generator graph contract").
 INPUT_LABEL = "label"
@@ -120,10 +120,10 @@ def validate_dict(data: Any) -> None:
             raise ManifestError(f"model.json lacks the required key {key!r}.")
         if not isinstance(data[key], tp) or (tp is int and isinstance(data[key], bool)):
             raise ManifestError(f"model.json: {key!r} must be a {tp.__name__}, got {data[key]!r}.")
-    if data["target"] not in TARGETS:
-        raise ManifestError(f"model.json names the unknown target {data['target']!r}; known targets: {', '.join(TARGETS)}.")
-    if data["precision"] not in PRECISIONS:
-        raise ManifestError(f"model.json names the unknown precision {data['precision']!r}; known: {', '.join(PRECISIONS)}.")
+    if data["target"] not in _TARGETS:
+        raise ManifestError(f"model.json names the unknown target {data['target']!r}; known targets: {', '.join(_TARGETS)}.")
+    if data["precision"] not in known_precisions():
+        raise ManifestError(f"model.json names the unknown precision {data['precision']!r}; known: {', '.join(known_precisions())}.")
     size = data["input_size"]
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         raise ManifestError(f"model.json: input_size must be [H, W] of positive integers, got {size!r}.")

@@ -123,18 +123,27 @@ def test_quality_per_precision(exported):
 # ----------------------------------------------------------------------------------------------- W8A8
 
 
-def test_w8a8_quality_is_measured_on_held_out_samples(checkpoint, tmp_path):
-    """W8A8 calibration and its quality report, without the (slow) conversion."""
+def w8a8_gated(checkpoint: Path, out: Path, samples: int, min_psnr: float = 30.0):
+    """export.api's gate on the coreml w8a8 converter (calibration in torch, the frozen module measured), without
+    the (slow) coremltools conversion that ``finish`` runs afterwards."""
     from calibration import load_calibration_set
+    from export.api import convert_measured
     from export.base import ExportRequest
-    from export.coreml import _quantize_w8a8
+    from runtimes.targets import TARGETS
     from train.checkpoint import load_generator
 
     generator, info = load_generator(checkpoint)
-    calib = load_calibration_set("synthetic", info.num_classes, SIZE, generator.noise_shape, 8)
-    req = ExportRequest(generator=generator, info=info, classes=tiny_classes(), precision="w8a8", out_dir=tmp_path,
-                        input_size=SIZE, noise_shape=generator.noise_shape, calib=calib)
-    frozen, quality, calibration = _quantize_w8a8(req)
+    calib_part, held_out = load_calibration_set("synthetic", info.num_classes, SIZE, generator.noise_shape,
+                                                samples).split()
+    req = ExportRequest(generator=generator, classes=tiny_classes(), precision="w8a8", out_dir=out,
+                        input_size=SIZE, noise_shape=generator.noise_shape, calib=calib_part)
+    return convert_measured(TARGETS["coreml"], req, held_out, min_psnr)
+
+
+def test_w8a8_quality_is_measured_on_held_out_samples(checkpoint, tmp_path):
+    """W8A8 calibration and its quality report, without the (slow) conversion."""
+    converted, quality, calibration = w8a8_gated(checkpoint, tmp_path, 8)
+    frozen = converted.stand_in
     assert calibration["samples"] == 6 and calibration["held_out"] == 2 and calibration["source"] == "synthetic"
     assert quality["samples"] == 2 and 25.0 < quality["psnr_db"] < 90.0  # quantized: close to, not equal to FP32
     assert "to_rgb" in quality["kept_high_precision"] and "macOS" in quality["measured_with"]
@@ -143,18 +152,10 @@ def test_w8a8_quality_is_measured_on_held_out_samples(checkpoint, tmp_path):
 
 
 def test_w8a8_below_the_bar_fails_with_its_number(checkpoint, tmp_path):
-    from calibration import load_calibration_set
-    from export.base import ExportRequest
-    from export.coreml import _quantize_w8a8
     from export.gate import ExportQualityError
-    from train.checkpoint import load_generator
 
-    generator, info = load_generator(checkpoint)
-    calib = load_calibration_set("synthetic", info.num_classes, SIZE, generator.noise_shape, 4)
-    req = ExportRequest(generator=generator, info=info, classes=tiny_classes(), precision="w8a8", out_dir=tmp_path,
-                        input_size=SIZE, noise_shape=generator.noise_shape, calib=calib, min_psnr=150.0)
     with pytest.raises(ExportQualityError, match=r"PSNR \d+\.\d\d dB .* below --min-psnr 150"):
-        _quantize_w8a8(req)
+        w8a8_gated(checkpoint, tmp_path, 4, min_psnr=150.0)
 
 
 @pytest.mark.slow

@@ -813,12 +813,12 @@ def test_the_fake_parser_refuses_what_tensorrt_refuses(fake, onnx_fp32, tmp_path
 def test_export_for_dla_needs_one_batch_size(tmp_path, onnx_fp32):
     from dpsims.errors import ConfigError
     from export.base import ExportRequest
-    from export.tensorrt import export, export_from_onnx
+    from export.tensorrt import convert, export_from_onnx
 
-    req = ExportRequest(generator=None, info=None, classes=tiny_classes(), precision="int8", out_dir=tmp_path / "x",
+    req = ExportRequest(generator=None, classes=tiny_classes(), precision="int8", out_dir=tmp_path / "x",
                         input_size=SIZE, noise_shape=onnx_fp32[1], batch=(1, 2, 8), options={"dla": 0})
     with pytest.raises(ConfigError, match="--dla needs one batch size.*--batch 2,2,2"):
-        export(req)  # before any ONNX export or calibration
+        convert(req)  # before any ONNX export or calibration
     source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx", batch=(1, 2, 4))
     with pytest.raises(ConfigError, match="--batch 2,2,2"):
         export_from_onnx(source / "model.onnx", tmp_path / "bad", precision="fp16", batch=(1, 2, 4), dla=0)
@@ -909,21 +909,21 @@ def _stub_onnx_target(seen: dict, onnx_fp32):
     """Stands in for export.onnx in these tests: records the options, writes the FP32 ONNX."""
     import types
 
-    from export.base import ExportResult
+    from export.base import Converted
 
-    def export(req):
+    def convert(req, keep_float=()):
         seen["options"] = dict(req.options)
         shutil.copy(onnx_fp32[0], req.out_dir / "model.onnx")
-        return ExportResult(files=["model.onnx"], target_options={"opset": req.options["opset"]}, notes=["onnx ok"])
+        return Converted(target_options={"opset": req.options["opset"]}, notes=["onnx ok"])
 
-    return types.SimpleNamespace(export=export)
+    return types.SimpleNamespace(convert=convert)
 
 
 @pytest.mark.parametrize("with_tensorrt", [False, True])
 def test_export_request(fake, onnx_fp32, tmp_path, monkeypatch, with_tensorrt):
     import export as export_package
     from export.base import ExportRequest
-    from export.tensorrt import export
+    from export.tensorrt import convert, finish
 
     seen: dict = {}
     stub = _stub_onnx_target(seen, onnx_fp32)
@@ -935,12 +935,12 @@ def test_export_request(fake, onnx_fp32, tmp_path, monkeypatch, with_tensorrt):
     else:
         monkeypatch.setitem(sys.modules, "tensorrt", None)
     req = ExportRequest(
-        generator=None, info=None, classes=tiny_classes(), precision="fp16", out_dir=tmp_path,
+        generator=None, classes=tiny_classes(), precision="fp16", out_dir=tmp_path,
         input_size=SIZE, noise_shape=onnx_fp32[1], batch=(1, 2, 8), options={"dla": None},
     )
-    result = export(req)
+    result = finish(req, convert(req))  # one conversion, then the engine (export.api calls them so)
     assert seen["options"] == {"dla": None, "opset": 17, "qdq_for": "tensorrt"}
-    assert result.files == ["model.onnx"] and result.notes[0] == "onnx ok"
+    assert (tmp_path / "model.onnx").is_file() and result.notes[0] == "onnx ok"
     assert result.target_options == {
         "onnx": "model.onnx", "precision": "fp16", "onnx_precision": "fp32", "batch": [1, 2, 8], "opset": 17,
         "dla_core": None, "workspace_gb": 2.0,
@@ -1009,6 +1009,23 @@ def test_export_from_onnx_needs_the_artifact_manifest(tmp_path, onnx_fp32):
     shutil.copy(onnx_fp32[0], tmp_path / "model.onnx")
     with pytest.raises(ManifestError, match="not the model.onnx of a dp-sims artifact"):
         export_from_onnx(tmp_path / "model.onnx", tmp_path / "out")
+
+
+@pytest.mark.parametrize("given, expected", [([], {"min": 1, "opt": 2, "max": 4}),
+                                             (["--batch", "1,1,16"], {"min": 1, "opt": 1, "max": 16}),
+                                             (["--batch", "8"], {"min": 1, "opt": 8, "max": 8})])
+def test_cli_from_onnx_builds_the_batch_given_else_the_sources(tmp_path, onnx_fp32, monkeypatch, capsys, given, expected):
+    """--from keeps the source artifact's batch unless --batch is given, also when the given one is 1,1,16 (the
+    batch of a checkpoint export without --batch)."""
+    from export.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    source = make_artifact(tmp_path / "onnx", onnx_fp32, target="onnx", batch=(1, 2, 4))
+    out = tmp_path / "trt"
+    assert main(["--target", "tensorrt", "--from", str(source / "model.onnx"), "--out", str(out), *given]) == 0
+    assert read_manifest(out).batch == expected
+    assert read_manifest(out).target_options["batch"] == [expected["min"], expected["opt"], expected["max"]]
+    assert f"artifact: {out}" in capsys.readouterr().out
 
 
 def test_export_from_onnx_keeps_other_artifacts_and_takes_only_onnx(tmp_path, onnx_fp32):

@@ -9,27 +9,60 @@ from __future__ import annotations
 
 import importlib
 import platform
+from collections.abc import Iterator, MutableMapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dpsims.errors import BackendUnavailable, InputError, ManifestError
+from dpsims.errors import BackendUnavailable, InputError, ManifestError, UnknownTarget
 from runtimes.backends.base import Backend
 from runtimes.spec import Manifest
 from runtimes.targets import TARGETS
 
-#: target -> ``module:Class`` of its backend (declared in runtimes/targets.py; a dict tests may patch)
-BACKENDS: dict[str, str] = {name: t.backend for name, t in TARGETS.items()}
+
+class _Declared(MutableMapping):
+    """target -> one field of its declaration in runtimes/targets.py, read when asked, so a target added later by
+    ``register_target`` is in it; an entry set here takes precedence over the declaration (tests patch it)."""
+
+    def __init__(self, field: str):
+        self._field = field
+        self._set: dict[str, str] = {}
+
+    def __getitem__(self, target: str) -> str:
+        if target in self._set:
+            return self._set[target]
+        if target in TARGETS:
+            return getattr(TARGETS[target], self._field)
+        raise UnknownTarget(f"Unknown target {target!r}; known targets: {', '.join(self)}.")
+
+    def __setitem__(self, target: str, value: str) -> None:
+        self._set[target] = value
+
+    def __delitem__(self, target: str) -> None:
+        del self._set[target]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*TARGETS, *self._set]))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys([*TARGETS, *self._set]))
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: target -> ``module:Class`` of its backend (declared in runtimes/targets.py)
+BACKENDS: MutableMapping[str, str] = _Declared("backend")
 
 #: pip extra that installs each target's inference library
-EXTRAS: dict[str, str] = {name: t.extra for name, t in TARGETS.items()}
+EXTRAS: MutableMapping[str, str] = _Declared("extra")
 
 
-def backend_class(target: str) -> type[Backend]:
-    """Import and return the backend class registered for ``target``."""
-    if target not in BACKENDS:
+def backend_class(target: str, backend: str | None = None) -> type[Backend]:
+    """Import and return the backend class registered for ``target``, or the ``module:Class`` ``backend``."""
+    if backend is None and target not in BACKENDS:
         raise ManifestError(f"No backend runs the target {target!r}; known targets: {', '.join(BACKENDS)}.")
-    module_name, _, class_name = BACKENDS[target].partition(":")
+    module_name, _, class_name = (backend or BACKENDS[target]).partition(":")
     extra = EXTRAS.get(target, target)
     try:
         module = importlib.import_module(module_name)
@@ -45,11 +78,15 @@ def backend_class(target: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-def open_backend(artifact_dir: str | Path, manifest: Manifest, device: str = "auto", **options: Any) -> Backend:
-    """Open the backend of ``manifest.target`` on ``device``; ``options`` go to the backend (checked by name)."""
+def open_backend(artifact_dir: str | Path, manifest: Manifest, device: str = "auto", *, backend: str | None = None,
+                 **options: Any) -> Backend:
+    """Open the backend of ``manifest.target`` on ``device``; ``options`` go to the backend (checked by name).
+
+    ``backend``: a ``module:Class`` that opens the artifact instead of its target's own (``python -m export``
+    measures a TensorRT artifact's ONNX with ONNX Runtime: ``Target.measure``)."""
     if not isinstance(device, str) or not device.strip():
         raise InputError(f"device must be a non-empty string such as 'auto', 'cpu' or 'cuda', got {device!r}.")
-    cls = backend_class(manifest.target)
+    cls = backend_class(manifest.target, backend)
     if cls.accepted_options is not None:
         unknown = sorted(set(options) - cls.accepted_options)
         if unknown:

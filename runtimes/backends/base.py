@@ -15,6 +15,7 @@ import numpy as np
 
 from dpsims.errors import InputError, ManifestError
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, Manifest
+from runtimes.targets import target_of
 
 
 class Backend(ABC):
@@ -39,6 +40,10 @@ class Backend(ABC):
     def min_batch(self) -> int:
         """Smallest batch one ``infer`` call accepts (the predictor pads smaller chunks, e.g. TensorRT profiles)."""
         return int(self.manifest.batch.get("min", 1))
+
+    def model_files(self) -> list[Path]:
+        """Paths of the model files the artifact's target declares (``Target.files``), each listed in the manifest."""
+        return [self.file_path(name) for name in target_of(self.manifest.target).files]
 
     def file_path(self, name: str) -> Path:
         """Path of the artifact file ``name`` as the manifest lists it (ManifestError when it is not listed)."""

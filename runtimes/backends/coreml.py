@@ -21,8 +21,8 @@ from dpsims.errors import BackendUnavailable, InputError, ManifestError
 from dpsims.optional import require
 from runtimes.backends.base import Backend
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
+from runtimes.targets import target_of
 
-PACKAGE = "model.mlpackage"
 COMPUTE_UNITS = {"auto": "ALL", "all": "ALL", "cpu": "CPU_ONLY", "gpu": "CPU_AND_GPU", "ane": "CPU_AND_NE"}
 
 
@@ -59,7 +59,7 @@ class CoreMLBackend(Backend):
         ct = require("coremltools", self.extra)
         self._version = ct.__version__
         target_options = manifest.target_options or {}
-        package_name = str(target_options.get("package", PACKAGE))
+        package_name = str(target_options.get("package", target_of(manifest.target).files[0]))
         self.file_path(f"{package_name}/Manifest.json")  # the manifest must list (and so hash) the package
         package = self.artifact_dir / package_name
         try:

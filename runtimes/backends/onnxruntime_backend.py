@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: ``model.onnx`` on the CPU, CUDA or TensorRT execution provider."""
+"""ONNX Runtime backend: the artifact's ONNX (``model.onnx``) on the CPU, CUDA or TensorRT execution provider."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dpsims.errors import BackendUnavailable, InputError, ManifestError
 from dpsims.optional import require
 from runtimes.backends.base import Backend, check_input_shapes, int_option
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
+from runtimes.targets import target_of
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _NUMPY_TYPES = {
@@ -52,7 +53,7 @@ def select_providers(device: str, available: list[str], trt_cache: Path | None =
 
 def _trt_cache_dir(manifest: Manifest) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return root / "dp-sims" / "onnxruntime-tensorrt" / manifest.file("model.onnx").sha256[:16]
+    return root / "dp-sims" / "onnxruntime-tensorrt" / manifest.file(target_of(manifest.target).files[0]).sha256[:16]
 
 
 class OnnxRuntimeBackend(Backend):
@@ -73,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
         providers = select_providers(device, available, trt_cache)
         if trt_cache is not None and any(p[0] == TENSORRT for p in providers if isinstance(p, tuple)):
             trt_cache.mkdir(parents=True, exist_ok=True)
-        path = self.file_path("model.onnx")
+        path = self.model_files()[0]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
         except Exception as e:  # onnxruntime raises its own pybind exception types

@@ -51,7 +51,7 @@ class OpenVINOBackend(Backend):
         self._version = ov.__version__
         core = ov.Core()
         self.ov_device = openvino_device(device, core.available_devices)
-        xml, weights = self.file_path("model.xml"), self.file_path("model.bin")
+        xml, weights = self.model_files()
         try:
             model = core.read_model(str(xml), str(weights))
         except RuntimeError as e:
@@ -114,7 +114,7 @@ class OpenVINOBackend(Backend):
         image[i] = request.get_tensor(self._output).data[0]
 
     def close(self) -> None:
-        self._queue = self._request = self.compiled = None
+        self._queue = self._request = self._output = self.compiled = None
 
     def describe(self) -> dict[str, Any]:
         info = {
@@ -129,5 +129,6 @@ class OpenVINOBackend(Backend):
                 value = self.compiled.get_property(prop)
             except (RuntimeError, AttributeError):
                 continue
-            info[key] = list(value) if key == "execution_devices" else str(value)
+            name = getattr(value, "get_type_name", None)  # an openvino Type: its short name (f32), not its repr
+            info[key] = list(value) if key == "execution_devices" else name() if callable(name) else str(value)
         return info
