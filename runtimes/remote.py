@@ -154,7 +154,10 @@ class RemoteBackend(Backend):
 
     @property
     def max_batch(self) -> int:
-        return max(1, min(self._server_max_batch, int(self.manifest.batch.get("max", 1))))
+        artifact_max = int(self.manifest.batch.get("max", 1))
+        if self._server_max_batch == 0:  # the model's own dynamic batch dimension (openvino repository)
+            return max(1, artifact_max)
+        return max(1, min(self._server_max_batch, artifact_max))
 
     @property
     def min_batch(self) -> int:
@@ -209,12 +212,18 @@ def manifest_from_config(config: dict[str, Any], url: str) -> Manifest:
 
 
 def check_config(config: dict[str, Any], manifest: Manifest, url: str) -> None:
-    """The served model batches and its tensors have the dims its manifest states (the graph contract)."""
-    if int(config.get("max_batch_size", 0) or 0) < 1:
-        raise ManifestError(f"{url}: the model does not batch (max_batch_size 0); the graph contract has a batch dimension.")
+    """The served model's tensors have the dims its manifest states (the graph contract), with a batch dimension:
+    Triton's (max_batch_size > 0), or the model's own first dim -1 (max_batch_size 0: an openvino repository)."""
+    batching = int(config.get("max_batch_size", 0) or 0) > 0
     h, w = manifest.input_size
     want = {INPUT_LABEL: [h, w], INPUT_NOISE: list(manifest.noise_shape), OUTPUT_IMAGE: [3, h, w]}
-    for tensor in [*(config.get("input") or []), *(config.get("output") or [])]:
+    if not batching:
+        want = {name: [-1, *dims] for name, dims in want.items()}
+    tensors = [*(config.get("input") or []), *(config.get("output") or [])]
+    if not batching and not tensors:
+        raise ManifestError(f"{url}: the model does not batch (max_batch_size 0) and states no tensors; the graph "
+                            "contract has a batch dimension.")
+    for tensor in tensors:
         name = tensor.get("name")
         if name in want and [int(d) for d in tensor.get("dims", [])] != want[name]:
             raise ManifestError(

@@ -38,6 +38,15 @@ def parse(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
+def parse_text_of(tensors) -> model_config_pb2.ModelConfig:
+    """A config holding ``tensors`` without their leading -1 (for comparing with the graph's batch-less dims)."""
+    config = model_config_pb2.ModelConfig()
+    for t in tensors:
+        group = config.input if t.name != "image" else config.output
+        group.add(name=t.name, data_type=t.data_type, dims=list(t.dims)[1:])
+    return config
+
+
 def onnx_io(path: Path) -> dict[str, tuple[int, list]]:
     graph = onnx.load(str(path), load_external_data=False).graph
     return {v.name: (v.type.tensor_type.elem_type, [d.dim_value if d.HasField("dim_value") else d.dim_param
@@ -50,6 +59,11 @@ def assert_matches_onnx(config: model_config_pb2.ModelConfig, onnx_path: Path) -
     leaves symbolic is checked by running the graph on a batch of 2."""
     graph = onnx_io(onnx_path)
     tensors = [*config.input, *config.output]
+    if config.max_batch_size == 0:  # the model's own batch dimension (openvino): -1, then the graph's dims
+        assert all(t.dims[0] == -1 for t in tensors)
+        config = model_config_pb2.ModelConfig()
+        config.CopyFrom(parse_text_of(tensors))
+        tensors = [*config.input, *config.output]
     assert sorted(t.name for t in tensors) == sorted(graph) == ["image", "label", "noise"]
     for t in tensors:
         elem, dims = graph[t.name]
@@ -78,9 +92,15 @@ def test_repository_config_parses_and_matches_the_onnx_graph(artifacts, tmp_path
         assert (config.platform, config.backend, config.default_model_filename) == ("onnxruntime_onnx", "onnxruntime", "model.onnx")
     else:
         assert (config.platform, config.backend, config.default_model_filename) == ("", "openvino", "model.xml")
-    assert config.max_batch_size == manifest.batch["max"] == 4
-    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds > 0
-    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    if target == "onnx":
+        assert config.max_batch_size == manifest.batch["max"] == 4
+        assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds > 0
+        assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    else:  # the openvino backend fixes the batch at max_batch_size > 0: no Triton batching, a dynamic batch dim
+        assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+        assert all(t.dims[0] == -1 for t in [*config.input, *config.output])
+    assert config.parameters["dp_sims_triton_release"].string_value == "24.10"
+    assert [w.batch_size for w in config.model_warmup] == [1, 1] if target == "openvino" else [1, 4]
     assert [(g.kind, g.count) for g in config.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
     # the tensors against the ONNX graph the artifact came from (the OpenVINO IR was converted from it)
     assert_matches_onnx(config, artifacts["onnx"] / "model.onnx")
@@ -103,7 +123,7 @@ def test_openvino_ir_shapes_match_the_config(artifacts, tmp_path):
     shapes = {p.get_any_name(): p.get_partial_shape() for p in [*model.inputs, *model.outputs]}
     for t in [*config.input, *config.output]:
         shape = shapes[t.name]
-        assert shape[0].is_dynamic and [d.get_length() for d in list(shape)[1:]] == list(t.dims)
+        assert t.dims[0] == -1 and shape[0].is_dynamic and [d.get_length() for d in list(shape)[1:]] == list(t.dims)[1:]
 
 
 def test_cli_writes_the_repository_with_options(artifacts, tmp_path, capsys):
@@ -132,6 +152,10 @@ def test_cli_writes_the_repository_with_options(artifacts, tmp_path, capsys):
         (["-o", "colour=red"], "takes -o name"),
         (["-o", "instances=0"], "instances must be an integer >= 1"),
         (["-o", "name=bad/name"], "A model name holds"),
+        (["-o", "max_queue_size=4"], "need Triton's dynamic batcher"),
+        (["-o", "performance_hint=FAST"], "performance_hint is one of"),
+        (["-o", "triton_release=23.01"], "-o backend_version=X"),
+        (["-o", "warmup=2"], "warmup is true or false"),
     ],
 )
 def test_cli_refuses_bad_options(artifacts, tmp_path, capsys, args, message):
@@ -167,3 +191,40 @@ def test_tensorrt_artifact_gets_a_plan_config_and_the_build_command(artifacts):
     assert "--int8" in command
     with pytest.raises(InputError, match="kind gpu"):
         config_pbtxt(manifest, "m", kind="cpu")
+
+
+def test_production_options_reach_the_configuration(artifacts, tmp_path):
+    export_repository(artifacts["onnx"], tmp_path / "r", {"name": "o", "instances": 3, "max_queue_size": 16,
+                                                          "queue_timeout_us": 500000, "threads": 2, "warmup": False})
+    config = parse(tmp_path / "r" / "o" / "config.pbtxt")
+    policy = config.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (16, 500000)
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert config.instance_group[0].count == 3 and not config.model_warmup
+    assert config.parameters["intra_op_thread_count"].string_value == "2"
+    export_repository(artifacts["openvino"], tmp_path / "r", {"name": "v", "streams": 2, "threads": 4,
+                                                              "performance_hint": "throughput"})
+    params = parse(tmp_path / "r" / "v" / "config.pbtxt").parameters
+    assert {k: params[k].string_value for k in ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT")} == \
+        {"NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": "4", "PERFORMANCE_HINT": "THROUGHPUT"}
+    with pytest.raises(InputError, match="openvino settings"):
+        export_repository(artifacts["onnx"], tmp_path / "r", {"name": "x", "streams": 2})
+
+
+def test_an_artifact_newer_than_the_releases_backend_is_refused_with_the_fixes(artifacts, tmp_path):
+    from export.triton import check_runtime_version
+
+    manifest = read_manifest(artifacts["onnx"])
+    newer = dataclasses.replace(manifest, library_versions={"onnxruntime": "1.32.0"})
+    with pytest.raises(InputError) as error:
+        check_runtime_version(newer, "24.10")
+    assert "onnxruntime 1.32.0" in str(error.value) and "1.19.2" in str(error.value)
+    assert "onnxruntime==1.19.2" in str(error.value) and "-o backend_version=1.32.0" in str(error.value)
+    assert check_runtime_version(newer, "24.10", backend_version="1.32.0") is None  # a backend built for it
+    older = dataclasses.replace(manifest, library_versions={"onnxruntime": "1.19.0"})
+    assert check_runtime_version(older, "24.10") is None
+    unknown = dataclasses.replace(manifest, library_versions={})
+    assert "not checked" in check_runtime_version(unknown, "24.10")
+    ov = dataclasses.replace(read_manifest(artifacts["openvino"]), library_versions={"openvino": "2026.4.1"})
+    with pytest.raises(InputError, match="openvino==2024.4.0"):
+        check_runtime_version(ov, "24.10")
