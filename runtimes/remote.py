@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from runtimes.spec import INPUT_LABEL, INPUT_NOISE, OUTPUT_IMAGE, Manifest
 MANIFEST_PARAMETER = "dp_sims_manifest"
 SCHEMES = ("http", "https", "grpc")
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 2
 EXTRA = "serve"
 
 
@@ -71,13 +73,27 @@ class RemoteBackend(Backend):
     """The graph call over tritonclient (HTTP or gRPC). Opened by :func:`load_remote_predictor`."""
 
     extra = EXTRA
-    accepted_options = frozenset({"timeout"})
+    accepted_options = frozenset({"timeout", "retries", "wait_ready_s", "headers", "ssl", "root_certificates",
+                                  "private_key", "certificate_chain", "insecure"})
 
-    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S):
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6:
+    def __init__(self, url: str, timeout: float | None = None, retries: int = DEFAULT_RETRIES, wait_ready_s: float = 0.0,
+                 headers: dict[str, str] | None = None, ssl: bool = False, root_certificates: str | None = None,
+                 private_key: str | None = None, certificate_chain: str | None = None, insecure: bool = False):
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6):
             raise InputError(f"timeout is in seconds, a number > 0, got {timeout!r}.")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise InputError(f"retries is an integer 0..100, got {retries!r}.")
+        if isinstance(wait_ready_s, bool) or not isinstance(wait_ready_s, (int, float)) or wait_ready_s < 0:
+            raise InputError(f"wait_ready_s is a number of seconds >= 0, got {wait_ready_s!r}.")
+        if headers is not None and (not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())):
+            raise InputError("headers is a dict of str -> str (e.g. {'Authorization': 'Bearer ...'}).")
         self.url = url
-        self.timeout = float(timeout)
+        self.timeout_given = timeout is not None
+        self.timeout = float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S
+        self.retries = retries
+        self.headers = dict(headers or {})
+        self.tls = {"ssl": bool(ssl), "root_certificates": root_certificates, "private_key": private_key,
+                    "certificate_chain": certificate_chain, "insecure": bool(insecure)}
         self.scheme, self.address, self.model, self.version = parse_url(url)
         module = "tritonclient.grpc" if self.scheme == "grpc" else "tritonclient.http"
         self._tc = require(module, EXTRA, f"tritonclient[{'grpc' if self.scheme == 'grpc' else 'http'}]")
@@ -86,14 +102,49 @@ class RemoteBackend(Backend):
         self._clients_lock = threading.Lock()
         self._closed = False
         try:
+            if wait_ready_s:
+                self._wait_ready(float(wait_ready_s))
             config = self._call("read the model configuration of", self._model_config)
             manifest = manifest_from_config(config, url)
             check_config(config, manifest, url)
+            if not self.timeout_given:
+                self.timeout = self._timeout_from_statistics()
         except BaseException:
             self.close()
             raise
         super().__init__(Path(self.model), manifest, device="remote")
         self._server_max_batch = int(config.get("max_batch_size", 0) or 0)
+
+    def _wait_ready(self, bound_s: float) -> None:
+        """Poll the model's readiness until it is ready or ``bound_s`` has passed (RemoteError then)."""
+        end = time.monotonic() + bound_s
+        last = "not ready"
+        while True:
+            try:
+                kwargs = {"client_timeout": min(self.timeout, 2.0)} if self.scheme == "grpc" else {}
+                if self._client.is_model_ready(self.model, self.version, headers=self.headers or None, **kwargs):
+                    return
+            except Exception as e:  # not up yet: refused, reset, unavailable
+                last = _describe(e)
+            if time.monotonic() > end:
+                raise RemoteError(f"{self.url} was not ready within {bound_s:g} s (wait_ready_s): {last}.")
+            time.sleep(0.25)
+
+    def _timeout_from_statistics(self) -> float:
+        """Without a ``timeout``: 20 times the server's mean request latency so far (queue + compute, from its
+        statistics), at least DEFAULT_TIMEOUT_S; DEFAULT_TIMEOUT_S where the server keeps no statistics."""
+        try:
+            if self.scheme == "grpc":
+                stats = self._client.get_inference_statistics(self.model, self.version, headers=self.headers or None,
+                                                              as_json=True, client_timeout=DEFAULT_TIMEOUT_S)
+            else:
+                stats = self._client.get_inference_statistics(self.model, self.version, headers=self.headers or None)
+            success = stats["model_stats"][0]["inference_stats"]["success"]
+            count, ns = int(success.get("count", 0)), int(success.get("ns", 0))
+        except Exception:  # no statistics endpoint (restricted), or none yet
+            return DEFAULT_TIMEOUT_S
+        mean_s = ns / count / 1e9 if count else 0.0
+        return max(DEFAULT_TIMEOUT_S, 20.0 * mean_s)
 
     # ----------------------------------------------------------------------------------------- protocol
     @property
@@ -105,11 +156,16 @@ class RemoteBackend(Backend):
             raise RemoteError(f"The connection to {self.url} is closed.")
         client = self._clients[0] if self.scheme == "grpc" and self._clients else getattr(self._local, "client", None)
         if client is None:
+            t = self.tls
             if self.scheme == "grpc":
-                client = self._tc.InferenceServerClient(self.address)
+                client = self._tc.InferenceServerClient(
+                    self.address, ssl=t["ssl"], root_certificates=t["root_certificates"], private_key=t["private_key"],
+                    certificate_chain=t["certificate_chain"])
             else:
                 client = self._tc.InferenceServerClient(
-                    self.address, ssl=self.scheme == "https", connection_timeout=self.timeout, network_timeout=self.timeout
+                    self.address, ssl=self.scheme == "https", insecure=t["insecure"],
+                    ssl_options={"ca_certs": t["root_certificates"]} if t["root_certificates"] else None,
+                    connection_timeout=self.timeout, network_timeout=self.timeout
                 )
             self._local.client = client
             with self._clients_lock:
@@ -117,11 +173,26 @@ class RemoteBackend(Backend):
         return client
 
     def _model_config(self) -> dict[str, Any]:
+        headers = self.headers or None
         if self.scheme == "grpc":
-            return self._client.get_model_config(self.model, self.version, as_json=True, client_timeout=self.timeout)["config"]
-        return self._client.get_model_config(self.model, self.version)
+            return self._client.get_model_config(self.model, self.version, headers=headers, as_json=True,
+                                                 client_timeout=self.timeout)["config"]
+        return self._client.get_model_config(self.model, self.version, headers=headers)
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run one client call, again after a connection error (refused, reset, unavailable) up to ``retries``
+        times with a growing pause; never after a timeout or an answer of the server (4xx, 5xx)."""
+        attempt = 0
+        while True:
+            try:
+                return self._call_once(what, fn, *args)
+            except RemoteError as e:
+                if not getattr(e, "connection", False) or attempt >= self.retries or self._closed:
+                    raise
+            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            attempt += 1
+
+    def _call_once(self, what: str, fn: Any, *args: Any) -> Any:
         """Run one client call; translate its failures into this package's errors."""
         from tritonclient.utils import InferenceServerException
 
@@ -132,10 +203,11 @@ class RemoteBackend(Backend):
         except TimeoutError:  # socket.timeout
             raise RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout).") from None
         except (OSError, EOFError) as e:  # refused, reset, closed mid-response
-            raise RemoteError(f"Could not {what} {self.url}: {_describe(e)}. Is the server running and reachable?") from None
+            raise _connection(RemoteError(f"Could not {what} {self.url}: {_describe(e)}. Is the server running and reachable?")) from None
         except Exception as e:  # the HTTP client's transport errors (geventhttpclient, gevent's Timeout)
             if type(e).__module__.split(".")[0] in ("geventhttpclient", "gevent"):
-                raise RemoteError(f"Could not {what} {self.url} (timeout {self.timeout:g} s): {_describe(e)}.") from None
+                error = RemoteError(f"Could not {what} {self.url} (timeout {self.timeout:g} s): {_describe(e)}.")
+                raise (error if "timeout" in type(e).__name__.lower() else _connection(error)) from None
             raise
 
     def _server_error(self, what: str, e: Any) -> DpSimsError:
@@ -145,7 +217,7 @@ class RemoteBackend(Backend):
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
             return RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout).")
         if "UNAVAILABLE" in status or "failed to connect" in message.lower() or "Socket closed" in message:
-            return RemoteError(f"Could not {what} {self.url}: the server is unreachable or closed the connection ({reason}).")
+            return _connection(RemoteError(f"Could not {what} {self.url}: the server is unreachable or closed the connection ({reason})."))
         if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message or "is not found" in message:
             return RemoteError(f"{self.url}: the server has no model {self.model!r}{' version ' + self.version if self.version else ''} ({reason}).")
         if "InputError" in message or status in ("400", "StatusCode.INVALID_ARGUMENT"):
@@ -172,7 +244,7 @@ class RemoteBackend(Backend):
         tensors[0].set_data_from_numpy(label, **binary)
         tensors[1].set_data_from_numpy(noise, **binary)
         outputs = [tc.InferRequestedOutput(OUTPUT_IMAGE, **binary)]
-        kwargs: dict[str, Any] = {"model_version": self.version, "outputs": outputs}
+        kwargs: dict[str, Any] = {"model_version": self.version, "outputs": outputs, "headers": self.headers or None}
         if self.scheme == "grpc":
             kwargs["client_timeout"] = self.timeout
         result = self._call("run", lambda: self._client.infer(self.model, tensors, **kwargs))
@@ -253,12 +325,15 @@ class RemotePredictor(Predictor):
 
 def load_remote_predictor(url: str, device: str = "auto", **options: Any) -> RemotePredictor:
     """The predictor of the model served at ``url`` (see the module doc). ``device`` is the server's business:
-    only "auto" is accepted here. ``options``: ``timeout`` (seconds per call, default 60)."""
+    only "auto" is accepted here. ``options``: ``timeout`` (seconds per call; default: from the server's measured
+    latency, at least 60), ``retries`` (after connection errors only, default 2), ``wait_ready_s`` (wait up to this
+    long for the model to be ready, default 0), ``headers`` (sent with every call: auth, Host), TLS: ``ssl`` (gRPC),
+    ``root_certificates``, ``private_key``, ``certificate_chain`` (gRPC), ``insecure`` (https: skip verification)."""
     if device != "auto":
         raise InputError(f"A served model runs on the server's device; give device='auto', not {device!r}.")
     unknown = sorted(set(options) - RemoteBackend.accepted_options)
     if unknown:
-        raise InputError(f"A served model takes the option timeout only, not {unknown}.")
+        raise InputError(f"A served model takes the options {', '.join(sorted(RemoteBackend.accepted_options))}, not {unknown}.")
     return RemotePredictor(RemoteBackend(url, **options))
 
 
@@ -269,6 +344,12 @@ def _reason(message: str) -> str:
         return match.group(1).strip()
     first = message.strip().splitlines()[0] if message.strip() else "no message"
     return first[:500]
+
+
+def _connection(error: RemoteError) -> RemoteError:
+    """Mark ``error`` as a connection failure (the only kind retried)."""
+    error.connection = True  # type: ignore[attr-defined]
+    return error
 
 
 def _describe(e: BaseException) -> str:

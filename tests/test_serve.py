@@ -1,6 +1,6 @@
 """Serving on Triton (runtimes/serve.py) and the remote predictor (runtimes/remote.py), on 127.0.0.1 only.
 
-One PyTriton server per module serves a tiny OpenVINO artifact; every request loop is bounded and every client
+One tritonserver per module (the binary of the nvidia-pytriton wheel, or DPSIMS_TRITONSERVER) serves a tiny OpenVINO artifact; every request loop is bounded and every client
 has a timeout. A TCP relay between client and server plays a server that dies, or stops answering, mid-request.
 """
 
@@ -21,7 +21,6 @@ from runtime_artifacts import build_artifact, random_label_map, tiny_classes, ti
 
 from runtimes import InputError, ManifestError, load_predictor
 
-pytest.importorskip("pytriton", reason="needs the serve extra: pip install 'dp-sims[serve]'")
 pytest.importorskip("tritonclient.http", reason="needs the serve extra: pip install 'dp-sims[serve]'")
 pytest.importorskip("tritonclient.grpc", reason="needs the serve extra: pip install 'dp-sims[serve]'")
 pytest.importorskip("openvino")
@@ -30,7 +29,12 @@ import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from runtimes.remote import RemoteError, parse_url  # noqa: E402
-from runtimes.serve import TritonServer, describe_metrics, metrics  # noqa: E402
+from runtimes.serve import ServerNotFound, TritonServer, describe_metrics, find_triton, metrics  # noqa: E402
+
+try:
+    find_triton()
+except ServerNotFound as missing:
+    pytest.skip(f"no tritonserver: {missing}", allow_module_level=True)
 
 HOST = "127.0.0.1"
 NAME = "tiny"
@@ -68,16 +72,33 @@ def artifact(tmp_path_factory) -> Path:
     return build_artifact(root, "openvino", generator, classes, onnx_path=onnx_dir / "model.onnx")
 
 
+def leftovers(prefix: str = "dp-sims") -> set[str]:
+    """This package's server workspaces in the temp folder and shared-memory regions in /dev/shm."""
+    import tempfile
+
+    tmp = {p.name for p in Path(tempfile.gettempdir()).glob("dp-sims-triton-*")}
+    shm = {p.name for p in Path("/dev/shm").glob(f"{prefix}*")} if Path("/dev/shm").is_dir() else set()
+    return tmp | shm
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
 @pytest.fixture(scope="module")
 def server(artifact):
-    from runtimes.serve import _backend_stubs, _is_stub
-
+    before = leftovers()
     with TritonServer(artifact, name=NAME, host=HOST, http_port=free_port(), grpc_port=free_port(),
-                      metrics_port=free_port(), max_queue_delay_us=1000, exit_timeout_s=1) as srv:
-        stubs = _backend_stubs(srv._triton)
-        assert stubs, "the server's Python backend stub was not found"
+                      metrics_port=free_port(), max_queue_delay_us=1000, drain_s=2) as srv:
+        pid = srv.pid
+        assert any(Path("/dev/shm").glob(f"{srv.shm_prefix}*")), "the Python backend's shared memory was not found"
         yield srv
-    assert not [pid for pid in stubs if _is_stub(pid)], "the Python backend stub outlived the server"
+    assert not process_alive(pid), "the server outlived stop()"
+    assert leftovers() - before == set(), "a clean stop left files in the temp folder or /dev/shm"
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +237,7 @@ def test_remote_url_and_server_errors(server):
         load_predictor("ftp://127.0.0.1/x")
     with pytest.raises(InputError, match="timeout"):
         load_predictor(urls(server)["http"], timeout=0)
-    with pytest.raises(InputError, match="option timeout only"):
+    with pytest.raises(InputError, match="takes the options"):
         load_predictor(urls(server)["http"], threads=2)
     with pytest.raises(InputError, match="server's device"):
         load_predictor(urls(server)["http"], device="cuda")
@@ -243,11 +264,97 @@ def test_a_model_without_the_manifest_or_with_other_dims_is_refused(server, http
     config["input"][1]["dims"] = [4, 9]
     with pytest.raises(ManifestError, match="'noise' has dims"):
         check_config(config, manifest, "u")
-    with pytest.raises(ManifestError, match="does not batch"):
+    with pytest.raises(ManifestError, match="'label' has dims"):  # max_batch_size 0 needs the model's own -1 batch dim
         check_config({**config, "max_batch_size": 0}, manifest, "u")
 
 
 # ------------------------------------------------------------------------------------------ bad requests
+def test_a_bad_request_batched_with_good_ones_fails_alone(server, local):
+    """The Python-backend model answers each request of a dynamic batch on its own (runtimes/triton_model.py):
+    sent together, the bad request gets its error and the good ones the local predictor's images."""
+    client = httpclient.InferenceServerClient(f"{HOST}:{server.endpoints.http_port}", concurrency=6, network_timeout=20)
+    try:
+        rng = np.random.default_rng(11)
+        maps = random_label_map(rng, 6).astype(np.int32)
+        noise = local.sample_noise(list(range(6)))
+        expected = local.generate_raw(maps, noise=noise)
+        bad = maps[2:3].copy()
+        bad[0, 1, 2] = 9
+        futures = [client.async_infer(NAME, request(httpclient, bad if i == 2 else maps[i:i + 1], noise[i:i + 1]))
+                   for i in range(6)]
+        for i, future in enumerate(futures):
+            if i == 2:
+                with pytest.raises(InferenceServerException, match="class id 9 at"):
+                    future.get_result()
+            else:
+                assert np.array_equal(future.get_result().as_numpy("image"), expected[i:i + 1]), i
+    finally:
+        client.close()
+
+
+def test_the_batch_logic_answers_each_request_on_its_own(local):
+    """runtimes.triton_model.execute with a stand-in for the stub's module: one response per request, in order;
+    bad ones carry their own error, the good ones run together in one backend call."""
+    from runtimes.triton_model import execute
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+        def __dlpack__(self, **kwargs):
+            return self.array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self.array.__dlpack_device__()
+
+        @staticmethod
+        def from_dlpack(name, array):
+            return Tensor(name, np.from_dlpack(array))
+
+    class Response:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class PbUtils:
+        TritonError = str
+        InferenceResponse = Response
+
+        @staticmethod
+        def get_input_tensor_by_name(request, name):
+            return request[name]
+
+    calls = []
+    real = local.generate_raw
+    rng = np.random.default_rng(12)
+    maps = random_label_map(rng, 4).astype(np.int32)
+    noise = local.sample_noise([1, 2, 3, 4])
+    requests = [{"label": Tensor("label", maps[i:i + 1]), "noise": Tensor("noise", noise[i:i + 1])} for i in range(4)]
+    nan = noise[1:2].copy()
+    nan[0, 0, 0] = np.nan
+    requests[1]["noise"] = Tensor("noise", nan)
+    requests.append({"label": Tensor("label", maps[:1, :16]), "noise": Tensor("noise", noise[:1])})
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(local, name)
+
+        def generate_raw(self, label, noise=None):
+            calls.append(len(label))
+            return real(label, noise=noise)
+
+    PbUtils.Tensor = Tensor
+    responses = execute(Counting(), requests, PbUtils)
+    assert [r.error is None for r in responses] == [True, False, True, True, False]
+    assert "NaN" in responses[1].error and "shape" in responses[4].error
+    assert calls == [3]
+    expected = local.generate_raw(maps[[0, 2, 3]], noise=noise[[0, 2, 3]])
+    for i, k in zip((0, 2, 3), range(3)):
+        assert np.array_equal(np.asarray(responses[i].output_tensors[0].array), expected[k:k + 1])
+
+
 def bad_requests(module):
     rng = np.random.default_rng(3)
     label = random_label_map(rng, 2).astype(np.int32)
@@ -319,6 +426,7 @@ class Relay:
         self.listener.settimeout(0.2)
         self.stopped = threading.Event()
         self.sockets: list[socket.socket] = []
+        self.accepted = 0
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -328,6 +436,7 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 continue
+            self.accepted += 1
             upstream = socket.create_connection((HOST, self.target_port))
             self.sockets += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
@@ -385,6 +494,51 @@ def test_a_client_gets_a_clear_error_within_its_timeout_when_the_server_dies_or_
         relay.close()
 
 
+def test_remote_retries_connection_errors_only(server):
+    relay = Relay(server.endpoints.http_port)
+    try:
+        url = f"http://{HOST}:{relay.port}/{NAME}"
+        maps = random_label_map(np.random.default_rng(14), 1)
+        with load_predictor(url, timeout=5, retries=2) as remote:
+            relay.mode, before = "die", relay.accepted
+            with pytest.raises(RemoteError):
+                remote.generate(maps, seed=0)
+            assert relay.accepted - before == 2  # the call on the kept-alive connection, 2 retries on new ones
+            relay.mode, before = "pass", relay.accepted
+            bad = maps.copy()
+            bad[0, 0, 0] = 9
+            from runtimes.triton_model import check_request
+
+            with pytest.raises(InputError):  # refused by the client's own check: nothing sent
+                remote.generate(bad, seed=0)
+            assert relay.accepted == before
+        before = relay.accepted
+        with pytest.raises(RemoteError, match="no model"):  # the server's 4xx: never retried
+            load_predictor(f"http://{HOST}:{relay.port}/nosuchmodel", timeout=5, retries=3)
+        assert relay.accepted - before == 1
+        assert check_request is not None
+    finally:
+        relay.close()
+
+
+def test_remote_waits_for_readiness_within_its_bound():
+    closed = free_port()
+    start = time.monotonic()
+    with pytest.raises(RemoteError, match=r"not ready within 1\.5 s"):
+        load_predictor(f"http://{HOST}:{closed}/{NAME}", wait_ready_s=1.5, retries=0, timeout=1)
+    assert 1.5 <= time.monotonic() - start < 6
+    with pytest.raises(InputError, match="headers is a dict"):
+        load_predictor(f"http://{HOST}:{closed}/{NAME}", headers={"Authorization": 1})
+
+
+def test_remote_timeout_comes_from_the_servers_latency(server):
+    with load_predictor(f"http://{HOST}:{server.endpoints.http_port}/{NAME}") as remote:
+        info = remote.info()["backend"]
+        assert info["timeout_s"] >= 60  # at least the default; 20x the measured mean latency when that is larger
+    with load_predictor(f"http://{HOST}:{server.endpoints.http_port}/{NAME}", timeout=7) as remote:
+        assert remote.info()["backend"]["timeout_s"] == 7
+
+
 # ----------------------------------------------------------------------------------- the command line
 def test_serve_command_serves_and_stops_cleanly_on_sigterm(artifact, tmp_path):
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
@@ -410,6 +564,89 @@ def test_serve_command_serves_and_stops_cleanly_on_sigterm(artifact, tmp_path):
             proc.wait(timeout=10)
     with pytest.raises(RemoteError):
         load_predictor(f"http://{HOST}:{http_port}/{artifact.name}", timeout=2)
+
+
+def start_serve(artifact, http_port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtimes", "serve", "--model", str(artifact), "--host", HOST, "--port", str(http_port),
+         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def server_children(pid: int) -> list[int]:
+    """The tritonserver processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and "tritonserver" in (entry / "cmdline").read_text(errors="replace"):
+                out.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def test_ctrl_c_during_start_up_exits_within_seconds_and_leaves_nothing(artifact):
+    before = leftovers()
+    proc = start_serve(artifact, free_port(), "--start-timeout-s", "300")
+    try:
+        end = time.monotonic() + 60
+        children: list[int] = []
+        while not children and time.monotonic() < end and proc.poll() is None:
+            children = server_children(proc.pid)  # the server process exists: start-up has begun
+            time.sleep(0.05)
+        assert children, "the server process was not started"
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - start
+        assert took < 10, f"Ctrl-C during start-up took {took:.1f} s"
+        assert proc.returncode == 0, out
+        assert not any(process_alive(pid) for pid in children)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert leftovers() - before == set()
+
+
+def test_ctrl_c_during_requests_drains_them_and_exits(artifact, local):
+    before = leftovers()
+    http_port = free_port()
+    proc = start_serve(artifact, http_port, "--drain-s", "5")
+    try:
+        wait_ready(http_port, artifact.name, 60, proc)
+        results: list[object] = []
+        maps = random_label_map(np.random.default_rng(13), 4)
+
+        def loop() -> None:
+            with load_predictor(f"http://{HOST}:{http_port}/{artifact.name}", timeout=10, retries=0) as remote:
+                for i in range(200):
+                    try:
+                        results.append(remote.generate(maps, seed=i))
+                    except Exception as e:  # the server went away: the loop ends with this error
+                        results.append(e)
+                        return
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        while not results:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)  # while the client keeps sending
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 5 + 10 and proc.returncode == 0, out
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the client hung after the server stopped"
+        images = [r for r in results if isinstance(r, np.ndarray)]
+        assert images and all(np.array_equal(im, local.generate(maps, seed=i)) for i, im in enumerate(images[:3]))
+        assert all(isinstance(r, RemoteError) for r in results if not isinstance(r, np.ndarray))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert leftovers() - before == set()
 
 
 def test_serve_command_refuses_bad_options(artifact, tmp_path):
@@ -501,12 +738,15 @@ def test_served_model_and_model_repository_state_the_same_model(server, http, ar
     exported = json_format.MessageToDict(exported, preserving_proto_field_name=True)
     served = http.get_model_config(NAME)
 
-    def tensors(config):
-        return sorted((t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in [*config["input"], *config["output"]])
+    def tensors(config):  # without the batch dimension, Triton's or (max_batch_size 0) the model's own -1
+        own = int(config.get("max_batch_size", 0)) == 0
+        return sorted((t["name"], t["data_type"], [int(d) for d in t["dims"]][1 if own else 0:])
+                      for t in [*config["input"], *config["output"]])
 
     assert exported["name"] == served["name"] == NAME
     assert tensors(exported) == tensors(served)
-    assert int(exported["max_batch_size"]) == served["max_batch_size"]
+    # the openvino repository does not batch in Triton (export/triton.py); its batch range is the artifact's
+    assert int(exported.get("max_batch_size", 0)) == 0 and served["max_batch_size"] == 4
     assert manifest_from_config(exported, "repo").to_dict() == manifest_from_config(served, "served").to_dict()
 
 

@@ -28,37 +28,31 @@ def test_remote_predictor_names_the_extra(monkeypatch, module):
         load_predictor(f"{scheme}://127.0.0.1:1/model")
 
 
-def test_server_names_the_extra(monkeypatch, tmp_path):
-    from runtimes.serve import TritonServer
+def test_server_says_where_to_get_tritonserver(monkeypatch):
+    import importlib.util
 
-    monkeypatch.setitem(sys.modules, "pytriton", None)
-    with pytest.raises(BackendUnavailable, match=r"pip install 'dp-sims\[serve\]'"):
-        TritonServer(tmp_path)
+    from runtimes.serve import ServerNotFound, find_triton
 
-
-def test_serve_command_names_the_extra_without_pytriton(tmp_path):
-    code = ("import sys; sys.modules['pytriton'] = None\n"
-            "from runtimes.__main__ import main\n"
-            f"sys.exit(main(['serve', '--model', {str(tmp_path)!r}]))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "pip install 'dp-sims[serve]'" in result.stderr
+    monkeypatch.delenv("DPSIMS_TRITONSERVER", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ServerNotFound, match="pip install --no-deps nvidia-pytriton"):
+        find_triton()
 
 
-def test_server_environment_puts_this_interpreters_libpython_first(monkeypatch):
-    """The Triton server (and its Python backend stub) must load this interpreter's libpython, not the system's
-    of the same version: LIBDIR leads LD_LIBRARY_PATH while the server starts; the process's own is restored."""
+def test_server_library_path_appends_this_interpreters_libdir(monkeypatch, caplog):
+    """The server's LD_LIBRARY_PATH keeps the environment's own first and appends LIBDIR (the stub's libpython);
+    a statically linked Python gets a warning instead, naming the fix."""
     import os
     import sysconfig
 
-    from runtimes.serve import _python_library_path
+    from runtimes import serve
 
     libdir = sysconfig.get_config_var("LIBDIR")
     monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/other/lib")
-    with _python_library_path():
-        assert os.environ["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/other/lib"]
-    assert os.environ["LD_LIBRARY_PATH"] == "/opt/other/lib"
-    monkeypatch.delenv("LD_LIBRARY_PATH")
-    with _python_library_path():
-        assert os.environ["LD_LIBRARY_PATH"] == libdir
-    assert "LD_LIBRARY_PATH" not in os.environ
+    monkeypatch.setattr(serve, "static_python", lambda: False)
+    assert serve.library_path(["/opt/triton/libs"]).split(os.pathsep) == ["/opt/other/lib", "/opt/triton/libs", libdir]
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/other/lib"  # this process's own is untouched
+    monkeypatch.setattr(serve, "static_python", lambda: True)
+    with caplog.at_level("WARNING", logger="dpsims"):
+        assert serve.library_path().split(os.pathsep) == ["/opt/other/lib"]
+    assert "linked statically" in caplog.text and "--enable-shared" in caplog.text
