@@ -203,7 +203,8 @@ class RemoteBackend(Backend):
         except TimeoutError:  # socket.timeout
             raise RemoteError(f"{self.url} did not answer within {self.timeout:g} s (timeout).") from None
         except (OSError, EOFError) as e:  # refused, reset, closed mid-response
-            raise _connection(RemoteError(f"Could not {what} {self.url}: {_describe(e)}. Is the server running and reachable?")) from None
+            error = _connection(RemoteError(f"Could not {what} {self.url}: {_describe(e)}. Is the server running and reachable?"))
+            raise error from None
         except Exception as e:  # the HTTP client's transport errors (geventhttpclient, gevent's Timeout)
             if type(e).__module__.split(".")[0] in ("geventhttpclient", "gevent"):
                 error = RemoteError(f"Could not {what} {self.url} (timeout {self.timeout:g} s): {_describe(e)}.")
