@@ -1,13 +1,19 @@
 """Load test of a served artifact against the same artifact in a local predictor, in one run.
 
     python -m benchmarks.load_test --model ARTIFACT [--model ARTIFACT2] --clients 1,4,16 --requests 40,8
+    python -m benchmarks.load_test --model ARTIFACT --triton-backends /opt/tritonserver/backends \
+        [--backend-version onnxruntime=1.32.0 --backend-version openvino=2026.4.1] [--repo-option instances=2]
 
 For each artifact: first the local predictor (this process) at batch 1 and at each ``--local-batches`` size;
-then ``python -m runtimes serve`` in a child process on 127.0.0.1 (PyTriton, dynamic batching), and for each
-``--clients`` level that many threads, each with its own remote predictor (``load_predictor("http://...")``),
-each sending ``--requests`` one-map requests with their own seeds, one after the other. Reported per row:
-images/s (all images / wall time of the level), p50/p99 latency of the requests, errors (exceptions; must be 0)
-and, from Triton's Prometheus metrics, the mean batch the server ran (images / model executions) and the mean
+then ``python -m runtimes serve`` in a child process on 127.0.0.1 (tritonserver with a Python-backend model,
+dynamic batching); with ``--triton-backends DIR`` also the artifact's model repository (``python -m export
+--target triton``, options ``--repo-option``; ``--backend-version`` states the runtime a hand-built backend
+has, as ``-o backend_version``) on tritonserver with Triton's own onnxruntime / openvino backends
+from DIR (:class:`runtimes.serve.RepositoryServer`). For each served mode and each ``--clients`` level, that
+many threads, each with its own remote predictor (``load_predictor("http://...")``), each send ``--requests``
+one-map requests with their own seeds, one after the other. Reported per row: images/s (all images / wall time
+of the level), p50/p99 latency of the requests, errors (exceptions; must be 0) and, from Triton's statistics
+endpoint (``/v2/models/NAME/stats``), the mean batch the server ran (inferences / model executions) and the mean
 time a request queued. The ratios compare served throughput with the local predictor at batch 1 (the cost of
 serving, and the gain of dynamic batching) and at its best batch. Everything of one artifact runs one after the
 other in one run, so the ratios hold even on a machine whose absolute speed drifts (shared machines).
@@ -32,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dpsims.cli import key_value
 
 HOST = "127.0.0.1"
 
@@ -105,13 +113,15 @@ class Server:
             stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
+    mode = "runtimes serve"
+
     def url(self, protocol: str) -> str:
         port = self.http_port if protocol == "http" else self.grpc_port
         return f"{protocol}://{HOST}:{port}/{self.name}"
 
     @property
-    def metrics_url(self) -> str:
-        return f"http://{HOST}:{self.metrics_port}/metrics"
+    def http_base(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
 
     def wait_ready(self, timeout_s: float) -> None:
         from runtimes import load_predictor
@@ -138,10 +148,36 @@ class Server:
         self.log_file.close()
 
 
-def served_rows(server: Server, clients_levels: list[int], requests: int, protocol: str, timeout: float,
-                log) -> list[dict[str, Any]]:
+class RepositoryTarget:
+    """The artifact's model repository (``python -m export --target triton``) on tritonserver with Triton's own
+    backends, in this process's child (:class:`runtimes.serve.RepositoryServer`)."""
+
+    mode = "Triton backends"
+
+    def __init__(self, artifact: Path, backends: str, options: dict[str, Any], out: Path, index: int):
+        from export.triton import export_repository
+        from runtimes.serve import RepositoryServer
+
+        self.name = "loadtest"
+        repo = out / f"repository-{index}"
+        export_repository(artifact, repo, {"name": self.name, **options}, overwrite=True)
+        self.server = RepositoryServer(repo, host=HOST, http_port=free_port(), grpc_port=free_port(),
+                                       metrics_port=free_port(), backend_directory=backends, drain_s=5,
+                                       server_log=out / f"triton-{index}.log", start_timeout_s=300)
+        self.http_port, self.grpc_port = self.server.endpoints.http_port, self.server.endpoints.grpc_port
+        self.server.start()
+
+    url = Server.url
+    http_base = Server.http_base
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def served_rows(server: Server | RepositoryTarget, clients_levels: list[int], requests: int, protocol: str,
+                timeout: float, log) -> list[dict[str, Any]]:
     from runtimes import load_predictor
-    from runtimes.serve import describe_metrics, metrics
+    from runtimes.serve import describe_metrics, statistics
 
     rows = []
     predictors = [load_predictor(server.url(protocol), timeout=timeout) for _ in range(max(clients_levels))]
@@ -150,7 +186,7 @@ def served_rows(server: Server, clients_levels: list[int], requests: int, protoc
         for p in predictors[:4]:
             p.generate(maps[0], seed=0)  # warm-up
         for clients in clients_levels:
-            before = metrics(server.metrics_url, server.name)
+            before = statistics(server.http_base, server.name)
             latencies: list[list[float]] = [[] for _ in range(clients)]
             errors: list[str] = []
             barrier = threading.Barrier(clients + 1)
@@ -177,14 +213,14 @@ def served_rows(server: Server, clients_levels: list[int], requests: int, protoc
             wall = time.perf_counter() - start
             if any(thread.is_alive() for thread in threads):
                 errors.append("a client thread did not finish")
-            counters = metrics(server.metrics_url, server.name)
+            counters = statistics(server.http_base, server.name)
             delta = describe_metrics({k: counters.get(k, 0.0) - before.get(k, 0.0) for k in counters})
             flat = [v for per_client in latencies for v in per_client]
-            rows.append({"mode": f"served ({protocol})", "batch": 1, "clients": clients, "requests": clients * requests,
+            rows.append({"mode": f"{server.mode} ({protocol})", "batch": 1, "clients": clients, "requests": clients * requests,
                          "images": len(flat), "images_per_s": len(flat) / wall, "p50_ms": percentile(flat, 50) * 1000,
                          "p99_ms": percentile(flat, 99) * 1000, "errors": len(errors), "error_samples": errors[:3],
                          "mean_batch": delta["mean_batch"], "mean_queue_ms": delta["mean_queue_ms"]})
-            log(f"[load] served, {clients} clients: {rows[-1]['images_per_s']:.2f} images/s, "
+            log(f"[load] {server.mode}, {clients} clients: {rows[-1]['images_per_s']:.2f} images/s, "
                 f"mean batch {delta['mean_batch']}, errors {len(errors)}")
     finally:
         for p in predictors:
@@ -239,8 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    parser.add_argument("--triton-backends", default=None, metavar="DIR",
+                        help="also serve each artifact's model repository on tritonserver with Triton's own backends in DIR")
+    parser.add_argument("--repo-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="option of that repository (export --target triton -o), e.g. instances=2")
+    parser.add_argument("--backend-version", type=key_value, action="append", default=[], metavar="LIBRARY=VERSION",
+                        help="the runtime a backend in --triton-backends is built against, e.g. onnxruntime=1.32.0 "
+                             "(the repository's -o backend_version for artifacts of that runtime)")
     parser.add_argument("--out", default=None, help="folder for load_test.json and load_test.md")
     args = parser.parse_args(argv)
+    if args.triton_backends and not Path(args.triton_backends).is_dir():
+        parser.error(f"--triton-backends {args.triton_backends}: not a folder (Triton's backend directory)")
     if len(args.requests) not in (1, len(args.model)):
         parser.error("--requests takes one value, or one per --model")
     for model in args.model:
@@ -270,6 +315,19 @@ def main(argv: list[str] | None = None) -> int:
             rows += served_rows(server, args.clients, requests, args.protocol, args.timeout, log)
         finally:
             server.stop()
+        if args.triton_backends:
+            log(f"[load] {artifact}: its model repository on Triton's own backends")
+            from export.triton import RUNTIME_LIBRARY
+
+            options = dict(args.repo_option)
+            built_against = {k: str(v) for k, v in args.backend_version}.get(RUNTIME_LIBRARY.get(manifest.target, ""))
+            if built_against:
+                options.setdefault("backend_version", built_against)
+            target = RepositoryTarget(artifact, args.triton_backends, options, out, i)
+            try:
+                rows += served_rows(target, args.clients, requests, args.protocol, args.timeout, log)
+            finally:
+                target.stop()
         results.append({"artifact": artifact.name, "target": manifest.target, "precision": manifest.precision,
                         "size": "x".join(map(str, manifest.input_size)), "requests_per_client": requests, "rows": rows})
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),

@@ -51,11 +51,35 @@ RELEASE_PARAMETER = "dp_sims_triton_release"
 #: target -> how Triton loads it (each target declares it in runtimes/targets.py)
 TRITON_TARGETS = {name: t.triton for name, t in TARGETS.items() if t.triton is not None}
 
-#: Triton release -> the version of the inference library each of its backends is built with (NVIDIA's release
-#: notes for that release, "Contents of the Triton Inference Server container" / the framework support matrix).
+#: Triton release -> the version of the inference library each of its backends is built with (the ORT and
+#: standalone OpenVINO versions of TRITON_VERSION_MAP / DEFAULT_TRITON_VERSION_MAP in build.py of the Triton
+#: server repository's rYY.MM branch, the versions NVIDIA's container of that release ships).
 TRITON_RELEASES: dict[str, dict[str, str]] = {
     "24.10": {"onnxruntime": "1.19.2", "openvino": "2024.4.0"},
+    "24.11": {"onnxruntime": "1.19.2", "openvino": "2024.4.0"},
+    "24.12": {"onnxruntime": "1.20.1", "openvino": "2024.5.0"},
+    "25.01": {"onnxruntime": "1.20.1", "openvino": "2024.5.0"},
+    "25.02": {"onnxruntime": "1.20.1", "openvino": "2025.0.0"},
+    "25.03": {"onnxruntime": "1.21.0", "openvino": "2025.0.0"},
+    "25.04": {"onnxruntime": "1.21.0", "openvino": "2025.0.0"},
+    "25.05": {"onnxruntime": "1.22.0", "openvino": "2025.1.0"},
+    "25.06": {"onnxruntime": "1.22.0", "openvino": "2025.1.0"},
+    "25.07": {"onnxruntime": "1.22.0", "openvino": "2025.1.0"},
+    "25.08": {"onnxruntime": "1.23.0", "openvino": "2025.2.0"},
+    "25.09": {"onnxruntime": "1.23.0", "openvino": "2025.3.0"},
+    "25.10": {"onnxruntime": "1.23.1", "openvino": "2025.3.0"},
+    "25.11": {"onnxruntime": "1.23.2", "openvino": "2025.3.0"},
+    "25.12": {"onnxruntime": "1.23.2", "openvino": "2025.4.0"},
+    "26.01": {"onnxruntime": "1.23.2", "openvino": "2025.4.1"},
+    "26.02": {"onnxruntime": "1.24.1", "openvino": "2025.4.1"},
+    "26.03": {"onnxruntime": "1.24.2", "openvino": "2026.0.0"},
+    "26.04": {"onnxruntime": "1.24.4", "openvino": "2026.1.0"},
+    "26.05": {"onnxruntime": "1.24.4", "openvino": "2026.1.0"},
+    "26.06": {"onnxruntime": "1.24.4", "openvino": "2026.2.0"},
+    "26.07": {"onnxruntime": "1.27.0", "openvino": "2026.2.0"},
+    "26.08": {"onnxruntime": "1.28.0", "openvino": "2026.3.0"},
 }
+#: the release of the tritonserver (2.51) inside the nvidia-pytriton 0.7 wheel that ``runtimes serve`` finds
 DEFAULT_RELEASE = "24.10"
 #: the manifest's library_versions key of each target's runtime (what the backend must be at least)
 RUNTIME_LIBRARY = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
@@ -266,10 +290,13 @@ def check_runtime_version(manifest: Manifest, release: str, backend_version: str
                 f"against the artifact's ({made_with or 'not recorded'})")
     if _version_tuple(made_with)[:2] > _version_tuple(backend)[:2]:
         newer = [r for r, v in TRITON_RELEASES.items() if _version_tuple(v.get(library, "0"))[:2] >= _version_tuple(made_with)[:2]]
+        latest = max(TRITON_RELEASES, key=_version_tuple)
         raise InputError(
             f"The artifact was made with {library} {made_with}; Triton {release}'s {library} backend is {backend}, "
             f"older, and may refuse its model (newer opsets / IR). Fixes: "
-            + (f"serve it with Triton {newer[-1]} (-o triton_release={newer[-1]}); " if newer else "")
+            + (f"serve it with Triton {newer[0]} or later (-o triton_release={newer[0]}); " if newer else
+               f"no Triton release known here ships {library} {made_with} (the newest, {latest}, has "
+               f"{TRITON_RELEASES[latest][library]}: -o triton_release={latest} with an export made there); ")
             + f"export it again in an environment with {library}=={backend}; or, if the server's {library} backend "
             f"is built against {library} {made_with} or newer, say so with -o backend_version={made_with}."
         )

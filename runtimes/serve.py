@@ -183,7 +183,177 @@ def _interpreter_path() -> list[str]:
     return list(dict.fromkeys(str(Path(p or os.getcwd()).resolve()) for p in sys.path))
 
 
-class TritonServer:
+class ServerProcess:
+    """A tritonserver process and its lifecycle (start / wait ready / stop, drain, clean-up); a context manager.
+    Subclasses write the workspace (:meth:`_write_workspace`) and say which model is waited for."""
+
+    name: str | None = None
+    """The model whose readiness start() waits for; None: the server's own readiness (every model loaded)."""
+
+    def _init_process(self, install: TritonInstall, host: str, http_port: int, grpc_port: int | None,
+                      metrics_port: int | None, log_verbose: int, server_log: str | os.PathLike | None, drain_s: int,
+                      start_timeout_s: float) -> None:
+        self.install = install
+        ports = [_port("http_port", http_port), _port("grpc_port", grpc_port if grpc_port is not None else http_port + 1),
+                 _port("metrics_port", metrics_port if metrics_port is not None else http_port + 2)]
+        if len(set(ports)) != 3:
+            raise InputError(f"The HTTP, gRPC and metrics ports must differ, got {ports}.")
+        self.endpoints = Endpoints(host, *ports)
+        self.log_verbose = _int_at_least("log_verbose", log_verbose, 0)
+        self.drain_s = _int_at_least("drain_s", drain_s, 0)
+        if isinstance(start_timeout_s, bool) or not isinstance(start_timeout_s, (int, float)) or start_timeout_s <= 0:
+            raise InputError(f"start_timeout_s must be a number of seconds > 0, got {start_timeout_s!r}.")
+        self.start_timeout_s = float(start_timeout_s)
+        self.server_log = Path(server_log) if server_log is not None else None
+        self._proc: subprocess.Popen | None = None
+        self._workspace: Path | None = None
+        self._log_file: Any = None
+        self.shm_prefix = f"dp-sims-{os.getpid()}-{secrets.token_hex(4)}-"
+
+    def _write_workspace(self) -> Path:
+        raise NotImplementedError
+
+    def _repository(self) -> Path:
+        return self._workspace / "repository"
+
+    def _describe(self) -> str:
+        return f"model repository {self._repository()}"
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def command(self) -> list[str]:
+        e = self.endpoints
+        ws = self._workspace
+        backends = self.install.backends or ws / "backends"
+        return [str(self.install.server), "--model-repository", str(self._repository()), "--backend-directory", str(backends),
+                "--http-address", e.host, "--http-port", str(e.http_port), "--grpc-address", e.host,
+                "--grpc-port", str(e.grpc_port), "--metrics-address", e.host, "--metrics-port", str(e.metrics_port),
+                "--allow-metrics", "true", "--allow-gpu-metrics", "false", "--strict-readiness", "true",
+                "--disable-auto-complete-config", "--exit-timeout-secs", str(self.drain_s),
+                "--log-verbose", str(self.log_verbose),
+                "--backend-config", f"python,shm-region-prefix-name={self.shm_prefix}",
+                "--backend-config", "python,shm-default-byte-size=4194304",
+                "--backend-config", "python,shm-growth-byte-size=1048576"]
+
+    def start(self, cancel: threading.Event | None = None) -> ServerProcess:
+        """Start the server and wait until the model is ready. Raises ServerError (with the log's tail) when it
+        exits or is not ready within start_timeout_s, StartCancelled when ``cancel`` is set while the model is not
+        ready yet; the server is stopped and its workspace removed in every such case (and on KeyboardInterrupt).
+        A ``cancel`` set once the model is ready does not undo the start: the caller stops it (with a drain)."""
+        if self._proc is not None:
+            raise ServerError("The server is already running; stop() it first.")
+        try:
+            ws = self._write_workspace()
+            log_path = self.server_log or ws / "tritonserver.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+            env = dict(os.environ)
+            env["LD_LIBRARY_PATH"] = library_path([self.install.libs] if self.install.libs else [])
+            self._proc = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self._wait_ready(cancel)
+        except BaseException:
+            tail = self.log_tail()
+            self.stop(drain=False)
+            exc = sys.exc_info()[1]
+            if isinstance(exc, ServerError) and tail and tail not in str(exc):
+                raise ServerError(f"{exc}\n{tail}") from None
+            raise
+        log.info("serving %s: %s, %s, metrics %s", self._describe(), self.endpoints.http, self.endpoints.grpc,
+                 self.endpoints.metrics)
+        return self
+
+    def ready(self, timeout: float = 1.0) -> bool:
+        """Whether the server answers that the model (or, without a name, every model) is ready."""
+        url = f"{self.endpoints.http}/v2/models/{self.name}/ready" if self.name else f"{self.endpoints.http}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own server
+                return response.status == 200
+        except (OSError, ValueError):
+            return False
+
+    def _wait_ready(self, cancel: threading.Event | None) -> None:
+        """Poll readiness until start_timeout_s. A cancel stops the start only while the model is not ready: once
+        it is, clients may already be sent answers, so the start completes and the caller's stop() drains (a
+        signal between the model's readiness and this loop's next poll used to kill a serving server at once)."""
+        end = time.monotonic() + self.start_timeout_s
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServerError(f"The Triton server exited with code {code} before the model was ready.")
+            if self.ready(timeout=1.0):
+                return
+            if cancel is not None and cancel.is_set():
+                if self.ready(timeout=5.0):  # a slow answer on a loaded machine is still an answer
+                    return
+                raise StartCancelled("The start was cancelled before the model was ready; the server was stopped.")
+            if time.monotonic() > end:
+                raise ServerError(f"The model was not ready within {self.start_timeout_s:g} s (start_timeout_s).")
+            if cancel is not None:
+                cancel.wait(0.2)
+            else:
+                time.sleep(0.2)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the Triton server's log (for error messages)."""
+        path = self.server_log or (self._workspace / "tritonserver.log" if self._workspace else None)
+        try:
+            text = path.read_text(errors="replace") if path else ""
+        except OSError:
+            return ""
+        keep = [ln for ln in text.splitlines() if not any(h in ln for h in HARMLESS)]
+        return "\n".join(keep[-lines:])
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self, drain: bool = True) -> None:
+        """SIGTERM: Triton refuses new requests and finishes those in flight, at most drain_s seconds; the process
+        group is killed when it has not exited drain_s + 5 s later (at once with ``drain=False``). Then the
+        workspace and the Python backend's shared memory are removed."""
+        proc, self._proc = self._proc, None
+        try:
+            if proc is not None and proc.poll() is None:
+                grace = self.drain_s + 5.0 if drain else 2.0
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    log.warning("the Triton server did not exit %.0f s after SIGTERM; killing it", grace)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the stubs too, if the server left any
+                proc.wait(timeout=10)
+            elif proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+            remove_shared_memory(self.shm_prefix)
+            if self._workspace is not None:
+                shutil.rmtree(self._workspace, ignore_errors=True)
+                self._workspace = None
+
+    def kill(self) -> None:
+        """Stop at once (a second Ctrl-C)."""
+        self.stop(drain=False)
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class TritonServer(ServerProcess):
     """An artifact served by a tritonserver process on ``host``; a context manager (start / stop).
 
     >>> with TritonServer("artifacts/x", http_port=8000) as server:
@@ -202,7 +372,7 @@ class TritonServer:
 
         self.artifact = Path(model).resolve()
         self.manifest = read_manifest(self.artifact)  # the files are checked by the stub's load_predictor
-        self.install = find_triton(tritonserver, backend_directory)
+        install = find_triton(tritonserver, backend_directory)
         self.name = check_model_name(name if name is not None else model_name(self.artifact))
         limit = int(self.manifest.batch["max"])
         if max_batch is None:
@@ -211,16 +381,8 @@ class TritonServer:
             raise InputError(f"max_batch must be an integer in 1..{limit} (the artifact's max batch), got {max_batch!r}.")
         self.max_batch = max_batch
         self.max_queue_delay_us = _int_at_least("max_queue_delay_us", max_queue_delay_us, 0)
-        ports = [_port("http_port", http_port), _port("grpc_port", grpc_port if grpc_port is not None else http_port + 1),
-                 _port("metrics_port", metrics_port if metrics_port is not None else http_port + 2)]
-        if len(set(ports)) != 3:
-            raise InputError(f"The HTTP, gRPC and metrics ports must differ, got {ports}.")
-        self.endpoints = Endpoints(host, *ports)
-        self.log_verbose = _int_at_least("log_verbose", log_verbose, 0)
-        self.drain_s = _int_at_least("drain_s", drain_s, 0)
-        if isinstance(start_timeout_s, bool) or not isinstance(start_timeout_s, (int, float)) or start_timeout_s <= 0:
-            raise InputError(f"start_timeout_s must be a number of seconds > 0, got {start_timeout_s!r}.")
-        self.start_timeout_s = float(start_timeout_s)
+        self._init_process(install, host, http_port, grpc_port, metrics_port, log_verbose, server_log, drain_s,
+                           start_timeout_s)
         self.instances = _int_at_least("instances", instances, 1)
         self.max_queue_size = _int_at_least("max_queue_size", max_queue_size, 0)
         self.queue_timeout_us = _int_at_least("queue_timeout_us", queue_timeout_us, 0)
@@ -230,11 +392,9 @@ class TritonServer:
         self.device = str(device)
         self.options = dict(options)
         json.dumps(self.options)  # backend options travel as JSON to the stub
-        self.server_log = Path(server_log) if server_log is not None else None
-        self._proc: subprocess.Popen | None = None
-        self._workspace: Path | None = None
-        self._log_file: Any = None
-        self.shm_prefix = f"dp-sims-{os.getpid()}-{secrets.token_hex(4)}-"
+
+    def _describe(self) -> str:
+        return f"{self.manifest.target} as {self.name!r}"
 
     # ------------------------------------------------------------------------------------------ repository
     def config_pbtxt(self) -> str:
@@ -296,129 +456,6 @@ class TritonServer:
             (python / STUB).symlink_to(self.install.stub)
         return ws
 
-    # ------------------------------------------------------------------------------------------ lifecycle
-    def command(self) -> list[str]:
-        e = self.endpoints
-        ws = self._workspace
-        backends = self.install.backends or ws / "backends"
-        return [str(self.install.server), "--model-repository", str(ws / "repository"), "--backend-directory", str(backends),
-                "--http-address", e.host, "--http-port", str(e.http_port), "--grpc-address", e.host,
-                "--grpc-port", str(e.grpc_port), "--metrics-address", e.host, "--metrics-port", str(e.metrics_port),
-                "--allow-metrics", "true", "--allow-gpu-metrics", "false", "--strict-readiness", "true",
-                "--disable-auto-complete-config", "--exit-timeout-secs", str(self.drain_s),
-                "--log-verbose", str(self.log_verbose),
-                "--backend-config", f"python,shm-region-prefix-name={self.shm_prefix}",
-                "--backend-config", "python,shm-default-byte-size=4194304",
-                "--backend-config", "python,shm-growth-byte-size=1048576"]
-
-    def start(self, cancel: threading.Event | None = None) -> TritonServer:
-        """Start the server and wait until the model is ready. Raises ServerError (with the log's tail) when it
-        exits or is not ready within start_timeout_s, StartCancelled when ``cancel`` is set first; the server is
-        stopped and its workspace removed in every such case (and on KeyboardInterrupt)."""
-        if self._proc is not None:
-            raise ServerError("The server is already running; stop() it first.")
-        try:
-            ws = self._write_workspace()
-            log_path = self.server_log or ws / "tritonserver.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-            env = dict(os.environ)
-            env["LD_LIBRARY_PATH"] = library_path([self.install.libs] if self.install.libs else [])
-            self._proc = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            self._wait_ready(cancel)
-        except BaseException:
-            tail = self.log_tail()
-            self.stop(drain=False)
-            exc = sys.exc_info()[1]
-            if isinstance(exc, ServerError) and tail and tail not in str(exc):
-                raise ServerError(f"{exc}\n{tail}") from None
-            raise
-        log.info("serving %s as %r: %s, %s, metrics %s", self.manifest.target, self.name, self.endpoints.http,
-                 self.endpoints.grpc, self.endpoints.metrics)
-        return self
-
-    def _wait_ready(self, cancel: threading.Event | None) -> None:
-        url = f"{self.endpoints.http}/v2/models/{self.name}/ready"
-        end = time.monotonic() + self.start_timeout_s
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise StartCancelled("The start was cancelled before the model was ready; the server was stopped.")
-            code = self._proc.poll()
-            if code is not None:
-                raise ServerError(f"The Triton server exited with code {code} before the model was ready.")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own server
-                    if response.status == 200:
-                        return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > end:
-                raise ServerError(f"The model was not ready within {self.start_timeout_s:g} s (start_timeout_s).")
-            if cancel is not None:
-                cancel.wait(0.2)
-            else:
-                time.sleep(0.2)
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the Triton server's log (for error messages)."""
-        path = self.server_log or (self._workspace / "tritonserver.log" if self._workspace else None)
-        try:
-            text = path.read_text(errors="replace") if path else ""
-        except OSError:
-            return ""
-        keep = [ln for ln in text.splitlines() if not any(h in ln for h in HARMLESS)]
-        return "\n".join(keep[-lines:])
-
-    def is_alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def stop(self, drain: bool = True) -> None:
-        """SIGTERM: Triton refuses new requests and finishes those in flight, at most drain_s seconds; the process
-        group is killed when it has not exited drain_s + 5 s later (at once with ``drain=False``). Then the
-        workspace and the Python backend's shared memory are removed."""
-        proc, self._proc = self._proc, None
-        try:
-            if proc is not None and proc.poll() is None:
-                grace = self.drain_s + 5.0 if drain else 2.0
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    log.warning("the Triton server did not exit %.0f s after SIGTERM; killing it", grace)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # the stubs too, if the server left any
-                proc.wait(timeout=10)
-            elif proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
-            remove_shared_memory(self.shm_prefix)
-            if self._workspace is not None:
-                shutil.rmtree(self._workspace, ignore_errors=True)
-                self._workspace = None
-
-    def kill(self) -> None:
-        """Stop at once (a second Ctrl-C)."""
-        self.stop(drain=False)
-
-    def close(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def serve_forever(self, stop: threading.Event | None = None, poll_s: float = 0.5) -> int:
         """Start, serve until SIGINT/SIGTERM (or ``stop`` is set, or the server dies), stop (draining). A signal
         during start-up ends the start within a second; a second signal while draining kills at once. Returns 0,
@@ -458,6 +495,43 @@ class TritonServer:
                 signal.signal(sig, handler)
         return 1 if died else 0
 
+
+
+class RepositoryServer(ServerProcess):
+    """A model repository as it is (e.g. ``python -m export --target triton``'s: ONNX and OpenVINO models that
+    Triton's own onnxruntime and openvino backends run) served by tritonserver with ``backend_directory``; a
+    context manager. start() waits until every model of the repository is ready (the server's readiness).
+
+    >>> with RepositoryServer("repo", backend_directory="/opt/tritonserver/backends", http_port=8000) as server:
+    ...     load_predictor(f"{server.endpoints.http}/MODEL")
+    """
+
+    def __init__(self, repository: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int = 8000,
+                 grpc_port: int | None = None, metrics_port: int | None = None, log_verbose: int = 0,
+                 server_log: str | os.PathLike | None = None, drain_s: int = DEFAULT_DRAIN_S,
+                 start_timeout_s: float = DEFAULT_START_TIMEOUT_S, tritonserver: str | os.PathLike | None = None,
+                 backend_directory: str | os.PathLike | None = None):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir() or not any(self.repository.glob("*/config.pbtxt")):
+            raise InputError(f"{self.repository} holds no model (NAME/config.pbtxt); write one with "
+                             "`python -m export --target triton --from ARTIFACT --out REPO`.")
+        install = find_triton(tritonserver, backend_directory)
+        if install.backends is None:
+            raise ServerNotFound("A model repository runs on Triton's own backends: give their folder with "
+                                 "backend_directory (or DPSIMS_TRITON_BACKENDS), e.g. /opt/tritonserver/backends.")
+        self._init_process(install, host, http_port, grpc_port, metrics_port, log_verbose, server_log, drain_s,
+                           start_timeout_s)
+
+    def _write_workspace(self) -> Path:
+        self._workspace = Path(tempfile.mkdtemp(prefix="dp-sims-triton-"))  # the server's log only
+        return self._workspace
+
+    def _repository(self) -> Path:
+        return self.repository
+
+    def models(self) -> list[str]:
+        """The models of the repository (its folders holding a config.pbtxt)."""
+        return sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
 
 STUB = "triton_python_backend_stub"
 #: log lines of tritonserver on a machine without a GPU that say nothing about the model
@@ -502,6 +576,27 @@ def metrics(url: str, model: str, timeout: float = 5.0) -> dict[str, float]:
             continue
         key = line.split("{", 1)[0][len("nv_inference_"):]
         out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def statistics(http_url: str, model: str, timeout: float = 5.0) -> dict[str, float]:
+    """The model's counters from Triton's statistics endpoint (``GET {http_url}/v2/models/MODEL/stats``), under the
+    names :func:`metrics` gives (so :func:`describe_metrics` reads either): request_success, request_failure,
+    count (inferences: images of a batching model; requests of a max_batch_size 0 one), exec_count (model
+    executions), queue_duration_us, compute_infer_duration_us."""
+    from urllib.request import urlopen
+
+    with urlopen(f"{http_url.rstrip('/')}/v2/models/{model}/stats", timeout=timeout) as response:  # noqa: S310
+        stats = json.loads(response.read().decode())["model_stats"]
+    out: dict[str, float] = {}
+    for entry in stats:
+        infer = entry.get("inference_stats", {})
+        for key, value in (("request_success", infer.get("success", {}).get("count", 0)),
+                           ("request_failure", infer.get("fail", {}).get("count", 0)),
+                           ("count", entry.get("inference_count", 0)), ("exec_count", entry.get("execution_count", 0)),
+                           ("queue_duration_us", infer.get("queue", {}).get("ns", 0) / 1000),
+                           ("compute_infer_duration_us", infer.get("compute_infer", {}).get("ns", 0) / 1000)):
+            out[key] = out.get(key, 0.0) + float(value)
     return out
 
 

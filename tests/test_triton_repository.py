@@ -228,3 +228,14 @@ def test_an_artifact_newer_than_the_releases_backend_is_refused_with_the_fixes(a
     ov = dataclasses.replace(read_manifest(artifacts["openvino"]), library_versions={"openvino": "2026.4.1"})
     with pytest.raises(InputError, match="openvino==2024.4.0"):
         check_runtime_version(ov, "24.10")
+
+
+def test_the_refusal_names_the_first_release_whose_backend_is_new_enough(artifacts):
+    from export.triton import check_runtime_version
+
+    manifest = read_manifest(artifacts["onnx"])
+    with pytest.raises(InputError, match=r"Triton 25\.05 or later \(-o triton_release=25\.05\)"):
+        check_runtime_version(dataclasses.replace(manifest, library_versions={"onnxruntime": "1.22.0"}), "24.10")
+    assert check_runtime_version(dataclasses.replace(manifest, library_versions={"onnxruntime": "1.22.0"}), "25.05") is None
+    with pytest.raises(InputError, match=r"no Triton release known here ships onnxruntime 9\.1\.0 \(the newest"):
+        check_runtime_version(dataclasses.replace(manifest, library_versions={"onnxruntime": "9.1.0"}), "24.10")
