@@ -4,7 +4,7 @@
     python -m runtimes generate --model DIR --label map.png --seed 0 --n 4 --out out.png          # out-0.png .. out-3.png
     python -m runtimes generate --model DIR --label map.png --seed 0 --n 4 --grid --out grid.png  # map + 4 images
     python -m runtimes info [--model DIR] [--json]
-    python -m runtimes serve --model DIR [--host 127.0.0.1] [--port 8000] [--max-batch N]    # Triton (PyTriton)
+    python -m runtimes serve --model DIR [--host 127.0.0.1] [--port 8000] [--max-batch N]    # Triton (tritonserver)
     python -m runtimes generate --model http://127.0.0.1:8000/NAME --label map.png --seed 0 --out out.png
 
 With ``--n N`` the variations use seeds SEED..SEED+N-1 and are written one file per seed (``STEM-SEED.png``), or
@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--no-open", action="store_true", help="do not open the backend (only read model.json)")
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    from runtimes.serve import add_arguments as add_serve_arguments  # numpy only; PyTriton loads when serving
+    from runtimes.serve import add_arguments as add_serve_arguments  # numpy only
 
-    add_serve_arguments(sub.add_parser("serve", help="serve an artifact on Triton Inference Server (PyTriton, [serve] extra)"))
+    add_serve_arguments(sub.add_parser("serve", help="serve an artifact on Triton Inference Server (the tritonserver binary; [serve] extra)"))
     return parser
 
 
