@@ -355,7 +355,7 @@ def export_repository(artifact_dir: str | Path, repo: str | Path, options: dict[
                 "the openvino backend does not batch requests together)")
              + f", instance group KIND_{opts.kind.upper()} x{opts.instances}"]
     if backend_version:
-        notes.append(f"checked against a {RUNTIME_LIBRARY.get(manifest.target)} backend {backend_version} (-o backend_version)")
+        notes.append(f"runtime checked against the {RUNTIME_LIBRARY.get(manifest.target)} {backend_version} the backend is built with (-o backend_version)")
     if unchecked:
         notes.append(unchecked)
     if manifest.target == "tensorrt":
