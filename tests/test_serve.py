@@ -39,8 +39,8 @@ except ServerNotFound as missing:
 HOST = "127.0.0.1"
 NAME = "tiny"
 READY_S = 600
-"""The bound on a server's start in these tests: it only catches a hang (a start took over a minute on 2 shared
-cores at load 10+), never a slow machine."""
+"""The bound on a server's start in these tests: it only catches a hang, never a slow machine (a start took
+1.8 to 3.3 s at load 10 on 2 shared cores; the bounds were 60 s and less before)."""
 
 
 def free_port() -> int:
@@ -546,10 +546,9 @@ def test_remote_timeout_comes_from_the_servers_latency(server):
 
 # ----------------------------------------------------------------------------------- the command line
 def test_serve_command_serves_and_stops_cleanly_on_sigterm(artifact, tmp_path):
-    """No bound here is about speed: on a loaded machine (2 shared cores, load 10+) the start (a Python process,
-    tritonserver, a stub process importing the package and compiling the model, warm-up) took over a minute, and
-    the wait for ready used to be 60 s (and the exit's 30 s was the default drain_s + 5 of kill grace): each bound
-    is now minutes, far above any machine's time, and only catches a hang."""
+    """This test failed now and then on a loaded machine: a race in runtimes serve, not slowness (see
+    test_a_cancel_once_the_model_is_ready_does_not_undo_the_start). Its bounds are minutes anyway, so that only a
+    hang fails it: the exit's 30 s used to be below the default drain_s (30) + 5 s of kill grace."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "triton.log"
     proc = subprocess.Popen(
