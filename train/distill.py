@@ -254,7 +254,9 @@ def distill_terms(student_image: torch.Tensor, teacher_image: torch.Tensor, stud
     with torch.no_grad():
         target = backbone_features(discriminator, teacher_image)
     perceptual = perceptual_loss(backbone_features(discriminator, student_image), target)
-    if feature_mode == "adapter":
+    if not student_features:  # distill.feature = 0: no stage is tapped
+        feature = student_image.new_zeros((), dtype=torch.float32)
+    elif feature_mode == "adapter":
         feature = adapter_loss(student_features, teacher_features, adapters)
     else:
         feature = kernel_alignment_loss(student_features, teacher_features)
@@ -380,9 +382,11 @@ def setup_distill(cfg: Config, run_dir: Path, resume: bool = False) -> DistillTr
         except CheckpointError as e:
             raise ConfigError(f"The teacher's discriminator does not fit the student's model.discriminator: {e}") from None
     levels = list(range(len(student.blocks))) if dc.feature_levels is None else sorted(set(dc.feature_levels))
+    if dc.feature == 0:
+        levels = []
     adapters = None
     opt_a = None
-    if dc.feature_mode == "adapter":
+    if dc.feature_mode == "adapter" and levels:
         with torch.random.fork_rng(devices=[]):  # fixed initial weights; the run's random streams untouched
             torch.manual_seed(cfg.train.seed)
             adapters = make_adapters([stage_channels(student)[i] for i in levels],
