@@ -197,3 +197,13 @@ def test_a_student_artifact_names_its_teacher(tmp_path, teacher_run):
         assert predictor.generate(torch.zeros(32, 32, dtype=torch.int64).numpy(), seed=0).shape == (32, 32, 3)
     old = {k: v for k, v in manifest.to_dict().items() if k != "distilled_from"}  # written before the field
     assert Manifest.from_dict(old).distilled_from is None
+
+
+def test_the_command_line_takes_teacher_and_refuses_a_misfit_in_one_line(tmp_path, teacher_run, capsys):
+    from train.__main__ import main
+
+    out = tmp_path / "student"
+    assert main(["--config", "synthetic-tiny-s8", "--teacher", str(teacher_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot teach this student" in err and "[32, 32]" in err and "[64, 64]" in err and "Traceback" not in err
+    assert not out.exists()

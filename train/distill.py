@@ -330,13 +330,17 @@ def fidelity(student: nn.Module, teacher: nn.Module, val_set, samples: int, devi
     """Student against teacher on the first ``samples`` held-out maps, the same noise (``seed``) for both: PSNR of
     the images in [-1, 1] (peak-to-peak 2, as the export's quality check) and, on the built-in scenes, the label
     consistency of each."""
-    from train.samples import generate
+    labels = torch.stack([torch.as_tensor(val_set[i][1]) for i in range(min(samples, len(val_set)))])
+    noise = torch.randn(len(labels), *teacher.noise_shape, generator=torch.Generator().manual_seed(seed))
 
-    labels = torch.stack([val_set[i][1] for i in range(min(samples, len(val_set)))])
+    def images(generator: nn.Module) -> torch.Tensor:
+        return torch.cat([generator(labels[i:i + 16].to(device), noise[i:i + 16].to(device)).float().cpu()
+                          for i in range(0, len(labels), 16)])
+
     was_training = student.training
     student.eval()
     try:
-        a, b = generate(student, labels, seed, device), generate(teacher, labels, seed, device)
+        a, b = images(student), images(teacher)
     finally:
         student.train(was_training)
     mse = float(((a.double() - b.double()) ** 2).mean())
