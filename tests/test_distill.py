@@ -48,10 +48,11 @@ def read_metrics(run):
 def test_resumed_distillation_continues_exactly(tmp_path, teacher_run):
     """Student, EMA, discriminator and adapters after 1 + 2 steps (checkpoint, new process state, resume) are the
     weights of 3 uninterrupted steps; the logged losses are the same."""
-    straight = distill(student_cfg(teacher_run, 3, "train.log_every=1"), tmp_path / "straight")
-    distill(student_cfg(teacher_run, 1, "train.log_every=1"), tmp_path / "split")
+    extra = ("train.log_every=1", "distill.feature_mode=adapter")  # the mode with trained state of its own
+    straight = distill(student_cfg(teacher_run, 3, *extra), tmp_path / "straight")
+    distill(student_cfg(teacher_run, 1, *extra), tmp_path / "split")
     torch.manual_seed(123)  # a resumed process starts from other random state: the checkpoint must restore it
-    resumed = distill(student_cfg(teacher_run, 3, "train.log_every=1"), tmp_path / "split", resume=True)
+    resumed = distill(student_cfg(teacher_run, 3, *extra), tmp_path / "split", resume=True)
     assert resumed.step == straight.step == 3
     a, b = straight.generator_ema.state_dict(), resumed.generator_ema.state_dict()
     for k in a:

@@ -183,9 +183,10 @@ class DistillConfig:
     feature magnitude at each backbone stage (a perceptual term with no downloaded network)."""
     feature: float = 10.0
     """Intermediate feature distillation at ``feature_levels`` of the image branch."""
-    feature_mode: Literal["adapter", "kernel-alignment"] = "adapter"
-    """``adapter``: learnable 1x1 convs map the student's features onto the teacher's, under MSE (GAN
-    Compression); ``kernel-alignment``: 1 - kernel alignment of the two feature maps, no adapter (CAT)."""
+    feature_mode: Literal["adapter", "kernel-alignment"] = "kernel-alignment"
+    """``kernel-alignment``: 1 - kernel alignment of the two feature maps, no adapter (CAT); ``adapter``: learnable
+    1x1 convs map the student's features onto the teacher's, under MSE (GAN Compression). The default won a short
+    measurement on synthetic-tiny (benchmarks/RESULTS.md, 2026-12-07)."""
     feature_levels: list[int] | None = None
     """Image-branch stages (0 = lowest resolution) whose outputs are distilled; None: every stage."""
     adversarial: float = 1.0
