@@ -283,11 +283,11 @@ class DistillTrainer(Trainer):
         dc, lc = self.cfg.distill, self.cfg.loss
         noise = self.sample_noise(real.shape[0])
         with self.student_taps.capture() as student_features:
-            fake = self.G(label, noise)
+            fake = self.models.G(label, noise)
         with torch.no_grad(), self.teacher_taps.capture() as teacher_features:
             target = self.teacher.generator(label, noise)
         loss_adv = losses.focal_n1_loss(d_bare(fake).logits, label, True, lc.focal_gamma, lc.class_balance,
-                                        self.train_set.ignore_id)
+                                        self.data.train_set.ignore_id)
         terms = distill_terms(fake, target, student_features, teacher_features, d_bare, self.adapters, dc.feature_mode)
         loss = (dc.adversarial * loss_adv + dc.l1 * terms["distill_l1"] + dc.perceptual * terms["distill_perceptual"]
                 + dc.feature * terms["distill_feature"])
@@ -303,7 +303,7 @@ class DistillTrainer(Trainer):
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.dinfo.world
-        self.scaler.step(self.opt_a)
+        self.optim.scaler.step(self.opt_a)
         return out
 
     def checkpoint_parts(self):
@@ -315,9 +315,10 @@ class DistillTrainer(Trainer):
     def checkpoint(self) -> None:
         """The student-vs-teacher fidelity goes into the checkpoint's teacher record first."""
         if self.dinfo.main:
-            score = fidelity(self.G_ema, self.teacher.generator, self.val_set, self.cfg.distill.fidelity_samples,
-                             self.device)
-            self.info.teacher = {**(self.info.teacher or {}), "fidelity": {"step": self.state.step, **score}}
+            score = fidelity(self.models.G_ema, self.teacher.generator, self.data.val_set,
+                             self.cfg.distill.fidelity_samples, self.device)
+            info = self.models.info
+            info.teacher = {**(info.teacher or {}), "fidelity": {"step": self.state.step, **score}}
             log.info("step %d: student vs teacher on %d held-out maps: PSNR %s dB%s", self.state.step, score["maps"],
                      score["psnr_db"], "" if "label_consistency" not in score else
                      f", label consistency {score['label_consistency']:.4f} (teacher {score['teacher_label_consistency']:.4f})")
@@ -377,11 +378,11 @@ def setup_distill(cfg: Config, run_dir: Path, resume: bool = False) -> DistillTr
 
     t = setup(cfg, run_dir, resume)
     teacher.generator.to(t.device)
-    student = _unwrap(t.G)
+    student = _unwrap(t.models.G)
     if not resume:  # the teacher run's discriminator (resume: the checkpoint's own)
         tensors, _ = read_tensors(teacher.checkpoint / "discriminator.safetensors")
         try:
-            load_state_strict(_unwrap(t.D), {k: v.to(t.device) for k, v in tensors.items()},
+            load_state_strict(_unwrap(t.models.D), {k: v.to(t.device) for k, v in tensors.items()},
                               teacher.checkpoint / "discriminator.safetensors")
         except CheckpointError as e:
             raise ConfigError(f"The teacher's discriminator does not fit the student's model.discriminator: {e}") from None
@@ -405,8 +406,8 @@ def setup_distill(cfg: Config, run_dir: Path, resume: bool = False) -> DistillTr
 
     image_size = cfg.data.image_size
     t_macs, t_params = generator_cost(teacher.info.num_classes, teacher.info.generator, image_size)
-    s_macs, s_params = generator_cost(t.info.num_classes, cfg.model.generator, image_size)
-    t.info.teacher = {"run": str(dc.teacher), "checkpoint": teacher.checkpoint.name, "step": teacher.info.step,
+    s_macs, s_params = generator_cost(t.models.info.num_classes, cfg.model.generator, image_size)
+    t.models.info.teacher = {"run": str(dc.teacher), "checkpoint": teacher.checkpoint.name, "step": teacher.info.step,
                       "sha256": teacher.sha256, "dataset": teacher.info.dataset, "macs": t_macs,
                       "parameters": t_params, "student_macs": s_macs, "student_parameters": s_params,
                       "feature_mode": dc.feature_mode}
