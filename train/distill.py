@@ -328,11 +328,14 @@ class DistillTrainer(Trainer):
 @torch.no_grad()
 def fidelity(student: nn.Module, teacher: nn.Module, val_set, samples: int, device: torch.device,
              seed: int = 1234) -> dict[str, Any]:
-    """Student against teacher on the first ``samples`` held-out maps, the same noise (``seed``) for both: PSNR of
+    """Student against teacher on the first ``samples`` held-out maps, the same noise (seeds ``seed + i``) for both: PSNR of
     the images in [-1, 1] (peak-to-peak 2, as the export's quality check) and, on the built-in scenes, the label
     consistency of each."""
     labels = torch.stack([torch.as_tensor(val_set[i][1]) for i in range(min(samples, len(val_set)))])
-    noise = torch.randn(len(labels), *teacher.noise_shape, generator=torch.Generator().manual_seed(seed))
+    from runtimes.noise import sample_noise, seed_list
+
+    # the noise of seed ``seed`` for map i is the one of seed + i, as the predictor draws it (runtimes.noise)
+    noise = torch.from_numpy(sample_noise(seed_list(seed, len(labels)), teacher.noise_shape))
 
     def images(generator: nn.Module) -> torch.Tensor:
         return torch.cat([generator(labels[i:i + 16].to(device), noise[i:i + 16].to(device)).float().cpu()
