@@ -172,6 +172,7 @@ def export_generator(
             batch={"min": batch[0], "opt": batch[1], "max": batch[2]}, library_versions=library_versions(),
             trained_on={"dataset": info.dataset, "step": info.step, "image_size": list(info.image_size),
                         "checkpoint": source_file.name},
+            distilled_from=info.teacher,
         )
         calib_part, held_out = calib_set.split()
         request = ExportRequest(

@@ -191,6 +191,7 @@ def model_card(manifest: Manifest, *, run_name: str, run_config: dict[str, Any] 
     lines += ["## Quality", ""]
     lines += _quality_lines(manifest, last_eval)
     lines.append("")
+    lines += _distillation_lines(manifest.distilled_from)
 
     extra = RUNTIME_EXTRA.get(manifest.target, manifest.target)
     lines += [
@@ -256,6 +257,36 @@ def _quality_lines(manifest: Manifest, last_eval: dict[str, Any] | None) -> list
         out.append(f"- Training run's label consistency at step {last_eval.get('step', '?')}: "
                    f"{float(last_eval['label_consistency']):.4f} (the float EMA generator, from `metrics.jsonl`).")
     return out
+
+
+def _distillation_lines(teacher: dict[str, Any] | None) -> list[str]:
+    """The "Distillation" section of a student (a generator trained against a teacher run): nothing otherwise."""
+    if not teacher:
+        return []
+
+    def cost(macs, params):
+        return (f"{macs / 1e9:.3g} GMAC" if isinstance(macs, (int, float)) else "? GMAC") + (
+            f", {params / 1e6:.3g} M parameters" if isinstance(params, (int, float)) else "")
+
+    sha = str(teacher.get("sha256") or "?")
+    lines = ["## Distillation", "",
+             f"- **Teacher**: run `{teacher.get('run', '?')}`, checkpoint `{teacher.get('checkpoint', '?')}` (step "
+             f"{teacher.get('step', '?')}), generator sha256 `{sha[:16]}...`.",
+             f"- **Cost per image** (MACs counted from the graph, batch 1): teacher {cost(teacher.get('macs'), teacher.get('parameters'))}; "
+             f"this student {cost(teacher.get('student_macs'), teacher.get('student_parameters'))}"
+             + (f" (1/{teacher['macs'] / teacher['student_macs']:.1f} of the teacher's MACs)"
+                if isinstance(teacher.get("macs"), (int, float)) and teacher.get("student_macs") else "") + "."]
+    fid = teacher.get("fidelity") or {}
+    if fid:
+        psnr = fid.get("psnr_db")
+        line = (f"- **Fidelity to the teacher** (float models, the same {fid.get('maps', '?')} held-out maps and "
+                f"noise seed {fid.get('seed', '?')}, at step {fid.get('step', '?')}): PSNR "
+                f"{'identical' if psnr is None else f'{psnr:.2f} dB'}")
+        if fid.get("label_consistency") is not None:
+            line += (f"; label consistency {fid['label_consistency']:.4f} against the teacher's "
+                     f"{fid.get('teacher_label_consistency', float('nan')):.4f}")
+        lines.append(line + ".")
+    return lines + [""]
 
 
 def write_model_card(artifact_dir: str | Path, manifest: Manifest, *, run_name: str, run_config: Path | None = None,

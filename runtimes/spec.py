@@ -59,6 +59,10 @@ class Manifest:
     trained_on: dict[str, Any] = field(default_factory=dict)
     target_options: dict[str, Any] = field(default_factory=dict)
     """Target-specific settings, e.g. TensorRT: the ONNX the engine is built from and the build options."""
+    distilled_from: dict[str, Any] | None = None
+    """A distilled generator's teacher: run, checkpoint, step, sha256 of its generator file, MACs and parameters of
+    teacher and student, and student-vs-teacher fidelity (psnr_db, label consistency). Absent or null: trained
+    from scratch (manifests written before this field read as null)."""
     schema_version: int = SCHEMA_VERSION
 
     # -------------------------------------------------------------------------------------- helpers
@@ -151,6 +155,9 @@ def validate_dict(data: Any) -> None:
         and 1 <= batch["min"] <= batch["opt"] <= batch["max"]
     ):
         raise ManifestError(f"model.json: batch must be {{min, opt, max}} with 1 <= min <= opt <= max, got {batch!r}.")
+    teacher = data.get("distilled_from")
+    if teacher is not None and not isinstance(teacher, dict):
+        raise ManifestError(f"model.json: distilled_from must be an object (the teacher's record) or null, got {teacher!r}.")
     for f in data.get("files", []):
         if not isinstance(f, dict) or set(f) != {"path", "sha256", "bytes"}:
             raise ManifestError(f"model.json: each file entry needs exactly path, sha256 and bytes, got {f!r}.")

@@ -2,6 +2,7 @@
 
     python -m train --config synthetic-tiny [--out RUN_DIR] [--set key=value ...]
     python -m train --resume RUN_DIR [--set train.steps=...]
+    python -m train --config synthetic-tiny-s8 --teacher runs/tiny     # distil a 1/8-cost student from a run
     torchrun --nproc_per_node 8 -m train --config ade20k-256 --set data.root=/data/ade
 """
 
@@ -22,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=8 train.steps=1000 (several per --set, --set repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--teacher", metavar="RUN_DIR",
+                   help="distil: train the config's generator (the student) against this finished run's EMA generator "
+                        "(its newest checkpoint; the same as --set distill.teacher=RUN_DIR)")
     p.add_argument("--backbone-weights", metavar="PATH|pip:NAME",
                    help="ImageNet weights of the discriminator backbone: a local .safetensors file or weights-only state "
                         "dict of the timm model, or pip:efficientnet-lite0 (the [pretrained] extra's package)")
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.backbone_weights:
         overrides.append(f"model.discriminator.weights={args.backbone_weights}")
+    if args.teacher:
+        overrides.append(f"distill.teacher={args.teacher}")
     if args.resume and (args.config or args.out):
         from dpsims.errors import ConfigError
 
@@ -83,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
 
-    from train.loop import train
+    if cfg.distill.teacher:
+        from train.distill import distill as train
+    else:
+        from train.loop import train
 
     train(cfg, run_dir, resume=bool(args.resume))
     if not _main_process():

@@ -52,6 +52,9 @@ class GeneratorInfo:
     step: int = 0
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] | None = None
+    """A distilled student's teacher (train/distill.py): run, checkpoint, step, sha256 of its generator file,
+    MACs and parameters of both, and student-vs-teacher fidelity; None for a generator trained from scratch."""
 
     def to_json(self) -> str:
         d = asdict(self)

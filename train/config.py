@@ -165,6 +165,38 @@ class EvalConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation of this config's generator (the student) from a finished run (the teacher): train/distill.py.
+    Weights default to GAN Compression's (Li et al. 2020); docs/paper.md, "Distillation", gives each source."""
+
+    teacher: str | None = None
+    """The teacher: a run folder written by ``python -m train`` (its newest checkpoint) or one checkpoint folder.
+    None trains from scratch. ``python -m train --teacher RUN`` sets it."""
+    width: float | None = None
+    """When set, the student's ``base_channels``, ``label_channels`` (to a multiple of ``attn_heads``) and
+    ``spade_hidden`` are the teacher's times this, and the rest of model.generator is kept as written; the
+    resolved channels are written to the run's config.yaml (and ``width`` to null there)."""
+    l1: float = 10.0
+    """L1 between the student's and the teacher's image for the same label map and noise."""
+    perceptual: float = 10.0
+    """L1 between the frozen discriminator backbone's features of the two images, relative to the teacher's
+    feature magnitude at each backbone stage (a perceptual term with no downloaded network)."""
+    feature: float = 10.0
+    """Intermediate feature distillation at ``feature_levels`` of the image branch."""
+    feature_mode: Literal["adapter", "kernel-alignment"] = "kernel-alignment"
+    """``kernel-alignment``: 1 - kernel alignment of the two feature maps, no adapter (CAT); ``adapter``: learnable
+    1x1 convs map the student's features onto the teacher's, under MSE (GAN Compression). The default won a short
+    measurement on synthetic-tiny (benchmarks/RESULTS.md, 2026-12-07)."""
+    feature_levels: list[int] | None = None
+    """Image-branch stages (0 = lowest resolution) whose outputs are distilled; None: every stage."""
+    adversarial: float = 1.0
+    """The N+1 adversarial loss against a discriminator that starts from the teacher run's discriminator."""
+    fidelity_samples: int = 64
+    """Held-out maps (one seed) on which student-vs-teacher PSNR and label consistency are measured at every
+    checkpoint and recorded in it."""
+
+
+@dataclass
 class Config:
     name: str = "dp-sims"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,6 +204,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -374,6 +407,8 @@ RANGES: list[tuple[str, float, float | None]] = [
     ("train.grad_clip", 0, None), ("train.log_every", 1, None), ("train.sample_every", 1, None),
     ("train.ckpt_every", 1, None), ("train.eval_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.max_minutes", 0, None), ("eval.label_consistency_samples", 1, None), ("eval.sample_maps", 1, None),
+    ("distill.l1", 0, None), ("distill.perceptual", 0, None), ("distill.feature", 0, None),
+    ("distill.adversarial", 0, None), ("distill.fidelity_samples", 1, None),
 ]
 
 
@@ -388,6 +423,13 @@ def _check_ranges(cfg: Config) -> None:
     channel_mults = cfg.model.generator.channel_mults
     if not channel_mults or min(channel_mults) < 1:
         raise ConfigError(f"model.generator.channel_mults must be a non-empty list of positive ints, got {channel_mults}.")
+    dc = cfg.distill
+    if dc.width is not None and not 0 < dc.width <= 4:
+        raise ConfigError(f"distill.width must be a multiplier in (0, 4], e.g. 0.5; got {dc.width!r}.")
+    levels = len(cfg.model.generator.channel_mults)
+    if dc.feature_levels is not None and not all(0 <= i < levels for i in dc.feature_levels):
+        raise ConfigError(f"distill.feature_levels must name image-branch stages 0..{levels - 1} (0 = lowest "
+                          f"resolution), or be null for all; got {dc.feature_levels}.")
     if not cfg.eval.sample_seeds:
         raise ConfigError("eval.sample_seeds must list at least one seed, e.g. [0, 1, 2].")
 

@@ -202,8 +202,15 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> TrainResult:
 
     One step: the generator step (its fakes reused, detached, by the discriminator step), the discriminator step,
     the EMA update; then, on their schedules, logging with label consistency, sample grids and checkpoints."""
-    t = setup(cfg, Path(run_dir), resume)
-    tc = cfg.train
+    if cfg.distill.teacher:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher} asks for a distillation: run it with "
+                          "train.distill.distill(cfg, run_dir) (python -m train does so), not train.loop.train.")
+    return run_steps(setup(cfg, Path(run_dir), resume))
+
+
+def run_steps(t: Trainer) -> TrainResult:
+    """The steps of a set-up trainer (:func:`setup`, or a subclass built from it, e.g. train/distill.py's)."""
+    tc = t.cfg.train
     with t.session():
         while t.state.step < tc.steps:
             parts = t.next_batch()
@@ -433,18 +440,23 @@ class Trainer:
             ranks = [None] * self.dinfo.world
             dist.all_gather_object(ranks, own)
         if self.dinfo.main:
-            m, info = self.models, self.models.info
+            info = self.models.info
             info.step = self.state.step
             rng = {k: torch.tensor(own[k], dtype=torch.uint8) for k in ("torch", "cuda") if k in own}
+            modules, optimizers = self.checkpoint_parts()
             save_checkpoint(
-                self.run_dir, self.state.step,
-                {"generator": _unwrap(m.G), "generator_ema": m.G_ema, "discriminator": _unwrap(m.D)},
-                {"g": self.optim.g, "d": self.optim.d}, info,
+                self.run_dir, self.state.step, modules, optimizers, info,
                 {"pos": vars(self.state.pos), "scaler": self.optim.scaler.state_dict(),
                  **{k: v for k, v in own.items() if k not in rng},
                  **({"world": self.dinfo.world, "ranks": ranks} if ranks else {})},
                 rng, keep=self.cfg.train.keep_checkpoints,
             )
+
+    def checkpoint_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        """The modules and optimisers a checkpoint holds (a subclass adds its own)."""
+        m = self.models
+        return ({"generator": _unwrap(m.G), "generator_ema": m.G_ema, "discriminator": _unwrap(m.D)},
+                {"g": self.optim.g, "d": self.optim.d})
 
     @contextlib.contextmanager
     def session(self):
