@@ -167,3 +167,112 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, wo
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert words in r.stderr
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- python -m benchmarks.train_step
+TINY_STEP = ["--size", "64", "--batch", "2", "--classes", "4", "--set", "train.ema_bn_batches=1",
+             "eval.label_consistency_samples=4", "eval.sample_maps=2"]
+
+
+def test_train_step_benchmark_interleaves_both_steps_and_reports_the_median_ratio(tmp_path, capsys):
+    from benchmarks import train_step
+
+    out = tmp_path / "step.json"
+    argv = [*TINY_STEP, "--rounds", "2", "--warmup", "1", "--oasis-base", "8", "--out", str(out)]
+    assert train_step.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert (data["size"], data["batch"], data["classes"], data["rounds"]) == ([64, 64], 2, 4, 2)
+    ours, oasis = data["rows"]
+    assert (ours["step"], oasis["step"]) == ("dp-sims synthetic-tiny", "OASIS (base 8, not the published 64)")
+    for row in (ours, oasis):
+        times = row["per_round_ms"]
+        assert len(times) == 2 and min(times) > 0
+        assert row["min_ms"] <= row["q1_ms"] <= row["median_ms"] <= row["q3_ms"] <= row["max_ms"]
+        assert row["median_ms"] == pytest.approx(float(np.median(times)))
+        assert row["changed_fraction"] > 0.9  # the timed steps trained (nearly) every trainable tensor
+    ratios = [a / b for a, b in zip(ours["per_round_ms"], oasis["per_round_ms"])]
+    assert data["per_round_ratio"] == pytest.approx(ratios)
+    assert data["ratio_ours_over_oasis"] == pytest.approx(float(np.median(ratios)))
+    assert oasis["discriminator_trainable_m_params"] == oasis["discriminator_m_params"]  # trained whole
+    assert ours["discriminator_trainable_m_params"] < ours["discriminator_m_params"]  # frozen backbone
+    printed = capsys.readouterr().out
+    assert "| OASIS (base 8" in printed and "ratio ours / OASIS" in printed and f"wrote {out}" in printed
+
+
+def test_both_training_steps_update_their_weights_and_ours_keeps_the_backbone(tmp_path):
+    import torch
+
+    from benchmarks.train_step import OasisStep, our_step, our_trainer, preset_config
+
+    cfg = preset_config("synthetic-tiny", [64, 64], 2, 4)
+    t = our_trainer(cfg, tmp_path / "run")
+
+    def snapshot(module):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def changed(before, module):
+        return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+    G, D, G_ema = t.models.G, t.models.D, t.models.G_ema
+    g0, d0, ema0 = snapshot(G), snapshot(D), snapshot(G_ema)
+    terms = our_step(t)  # the context blocks' zero-initialised output projections: their inputs learn from step 2
+    terms = our_step(t)
+    assert t.state.step == 2 and {"loss_g", "loss_d"} <= set(terms)
+    assert {k for k, _ in G.named_parameters()} <= changed(g0, G)
+    d_changed = changed(d0, D)
+    assert {k for k, p in D.named_parameters() if p.requires_grad} <= d_changed
+    assert not {k for k in d_changed if k.startswith("backbone.")}  # the frozen ImageNet backbone stays as it was
+    assert changed(ema0, G_ema)
+
+    oasis = OasisStep(4, (64, 64), t.batches, base=8)
+    g0, d0, ema0 = snapshot(oasis.G), snapshot(oasis.D), snapshot(oasis.G_ema)
+    terms = oasis()
+    assert set(terms) == {"loss_g", "loss_d", "loss_labelmix"} and all(torch.isfinite(v) for v in terms.values())
+    assert {k for k, _ in oasis.G.named_parameters()} <= changed(g0, oasis.G)
+    assert {k for k, _ in oasis.D.named_parameters()} <= changed(d0, oasis.D)
+    assert changed(ema0, oasis.G_ema)
+    # at the published width (the benchmark's default) OASIS is a 70 M generator and a 17 M discriminator
+    published = OasisStep(4, (64, 64), iter(()))
+    assert 60e6 < sum(p.numel() for p in published.G.parameters()) < 80e6
+    assert 15e6 < sum(p.numel() for p in published.D.parameters()) < 25e6
+
+
+def test_train_step_profile_times_every_phase_of_the_real_step(tmp_path):
+    from benchmarks import train_step
+
+    out = tmp_path / "profile.json"
+    assert train_step.main([*TINY_STEP, "--profile", "--rounds", "1", "--warmup", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    phases = data["phases_ms"]
+    assert list(phases) == list(train_step.PROFILE_ORDER)
+    # every measured part of the step fired (forward and gradient hooks, wrapped losses, optimiser step hooks)
+    assert all(ms > 0 for name, ms in phases.items() if not name.endswith(": other")), phases
+    # the parts add up to the step timed whole (only the calls between the parts are outside them)
+    assert sum(phases.values()) == pytest.approx(data["step_ms"], rel=0.02)
+    counts = data["scheduled_counts"]  # synthetic-tiny: 600 steps, eval every 100, samples/checkpoints every 250
+    assert counts == {"log": 24, "evaluate": 6, "samples": 3, "checkpoint": 3, "ema statistics": 7}
+    for name, ms in data["scheduled_ms_per_step"].items():
+        assert ms == pytest.approx(data["scheduled_ms_once"][name] * counts[name] / 600)
+    import torch
+
+    assert not hasattr(torch.autograd.backward, "__wrapped__") and torch.autograd.backward.__name__ == "backward"
+    from train import losses
+
+    assert losses.focal_n1_loss.__module__ == "train.losses" and losses.focal_n1_loss.__name__ == "focal_n1_loss"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--size", "48"], "multiple of 64 on each side, got 48x48"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--size", "6x"], "--size takes HxW or S"),
+    (["--preset", "ade20k-256", "--classes", "5", "--set", "data.root=."], "leave --classes out"),
+])
+def test_train_step_refuses_bad_arguments_before_any_work(args, words, capsys, tmp_path):
+    from benchmarks import train_step
+
+    try:
+        code = train_step.main([*args, "--out", str(tmp_path / "r.json")])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
