@@ -40,7 +40,7 @@ from typing import Any
 
 from dpsims.errors import InputError
 from export.base import staged_dir
-from runtimes.serve import MANIFEST_PARAMETER, check_model_name, model_name
+from runtimes.serve import MANIFEST_PARAMETER, check_model_name, dynamic_batching_config, model_name
 from runtimes.spec import INPUT_LABEL, INPUT_NOISE, MANIFEST_NAME, OUTPUT_IMAGE, Manifest, read_manifest
 from runtimes.targets import TARGETS
 
@@ -175,18 +175,7 @@ def config_pbtxt(manifest: Manifest, name: str, kind: str = "cpu", instances: in
     lines += ["output [", tensor(OUTPUT_IMAGE), "]"]
     if batching:
         preferred = sorted({int(batch["opt"]), int(batch["max"])} - {1})
-        lines.append("dynamic_batching {")
-        if preferred:
-            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
-        lines.append(f"  max_queue_delay_microseconds: {int(opts.max_queue_delay_us)}")
-        if opts.max_queue_size or opts.queue_timeout_us:
-            lines += ["  default_queue_policy {", "    timeout_action: REJECT"]
-            if opts.queue_timeout_us:
-                lines.append(f"    default_timeout_microseconds: {int(opts.queue_timeout_us)}")
-            if opts.max_queue_size:
-                lines.append(f"    max_queue_size: {int(opts.max_queue_size)}")
-            lines.append("  }")
-        lines.append("}")
+        lines += dynamic_batching_config(preferred, opts.max_queue_delay_us, opts.max_queue_size, opts.queue_timeout_us)
     lines.append(f"instance_group [ {{ count: {int(opts.instances)} kind: KIND_{opts.kind.upper()} }} ]")
     if opts.warmup:
         sizes = sorted({1, int(batch["max"])})

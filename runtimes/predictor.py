@@ -188,14 +188,8 @@ class Predictor:
         return self._open_backend().max_batch
 
     # ----------------------------------------------------------------------------------------- generation
-    def generate(
-        self,
-        label_map: LabelMap,
-        seed: Seed = None,
-        noise: np.ndarray | None = None,
-        batch_size: int | None = None,
-        resize: bool = False,
-    ) -> np.ndarray:
+    def generate(self, label_map: LabelMap, seed: Seed = None, noise: np.ndarray | None = None,
+                 batch_size: int | None = None, resize: bool = False) -> np.ndarray:
         """Synthesize images for one label map (-> (H, W, 3) uint8) or a batch (-> (N, H, W, 3) uint8).
 
         label_map: an integer (H, W) or (N, H, W) array of class ids, a PIL image (mode P, L/I or RGB in the
@@ -208,14 +202,8 @@ class Predictor:
         """
         return to_uint8(self.generate_raw(label_map, seed=seed, noise=noise, batch_size=batch_size, resize=resize))
 
-    def generate_raw(
-        self,
-        label_map: LabelMap,
-        seed: Seed = None,
-        noise: np.ndarray | None = None,
-        batch_size: int | None = None,
-        resize: bool = False,
-    ) -> np.ndarray:
+    def generate_raw(self, label_map: LabelMap, seed: Seed = None, noise: np.ndarray | None = None,
+                     batch_size: int | None = None, resize: bool = False) -> np.ndarray:
         """As :meth:`generate`, but the model's own output: float32 (3, H, W) or (N, 3, H, W) in [-1, 1]."""
         labels, batched = self.prepare_labels(label_map, resize=resize)
         if noise is not None and seed is not None:

@@ -64,6 +64,25 @@ DEFAULT_DRAIN_S = 30  # Triton's own --exit-timeout-secs default
 DEFAULT_START_TIMEOUT_S = 120.0
 
 
+
+def dynamic_batching_config(preferred: Sequence[int], max_queue_delay_us: int, max_queue_size: int | None = None,
+                            queue_timeout_us: int | None = None) -> list[str]:
+    """The ``dynamic_batching { ... }`` block of a config.pbtxt, one line per item: the preferred batch sizes, the
+    queue delay and, when a bound is given, a queue policy that rejects requests past it (Triton's
+    ``default_queue_policy``). Shared by ``runtimes serve``'s model and export's model repositories."""
+    lines = ["dynamic_batching {"]
+    if preferred:
+        lines.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
+    lines.append(f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}")
+    if max_queue_size or queue_timeout_us:
+        lines += ["  default_queue_policy {", "    timeout_action: REJECT"]
+        if queue_timeout_us:
+            lines.append(f"    default_timeout_microseconds: {int(queue_timeout_us)}")
+        if max_queue_size:
+            lines.append(f"    max_queue_size: {int(max_queue_size)}")
+        lines.append("  }")
+    return [*lines, "}"]
+
 class ServerError(DpSimsError, RuntimeError):
     """The Triton server could not start (a port in use, the server binary refused its configuration...)."""
 
@@ -410,19 +429,10 @@ class TritonServer(ServerProcess):
         lines = [f"name: {q(self.name)}", 'backend: "python"', f"max_batch_size: {self.max_batch}",
                  "input [", f'  {{ name: "{INPUT_LABEL}" data_type: TYPE_INT32 dims: [ {h}, {w} ] }},',
                  f'  {{ name: "{INPUT_NOISE}" data_type: TYPE_FP32 dims: [ {noise} ] }}', "]",
-                 "output [", f'  {{ name: "{OUTPUT_IMAGE}" data_type: TYPE_FP32 dims: [ 3, {h}, {w} ] }}', "]",
-                 "dynamic_batching {"]
-        if preferred:
-            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
-        lines.append(f"  max_queue_delay_microseconds: {self.max_queue_delay_us}")
-        if self.max_queue_size or self.queue_timeout_us:
-            lines += ["  default_queue_policy {", "    timeout_action: REJECT"]
-            if self.queue_timeout_us:
-                lines.append(f"    default_timeout_microseconds: {self.queue_timeout_us}")
-            if self.max_queue_size:
-                lines.append(f"    max_queue_size: {self.max_queue_size}")
-            lines.append("  }")
-        lines += ["}", f"instance_group [ {{ count: {self.instances} kind: KIND_CPU }} ]"]
+                 "output [", f'  {{ name: "{OUTPUT_IMAGE}" data_type: TYPE_FP32 dims: [ 3, {h}, {w} ] }}', "]"]
+        lines += dynamic_batching_config(preferred, self.max_queue_delay_us, self.max_queue_size,
+                                         self.queue_timeout_us)
+        lines.append(f"instance_group [ {{ count: {self.instances} kind: KIND_CPU }} ]")
         if self.warmup:
             for n in sorted({1, self.max_batch}):
                 lines += ["model_warmup {", f"  name: {q(f'zeros_batch_{n}')}", f"  batch_size: {n}"]
