@@ -555,7 +555,9 @@ def setup(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
     """Everything a process needs before the first step: batch split, process group, seeds, data, models,
     optimisers, the checkpoint to resume (before anything is written), DDP, and the random streams.
 
-    Checks first: a bad batch split, dataset or resume fails before the run folder is touched."""
+    Checks first: a bad batch split, dataset or resume fails before the run folder is touched. Over 80 lines by
+    design: the set-up's steps in the order they must run (each one a call), since DDP wrapping, resuming and the
+    random streams depend on that order."""
     from train.data import build_dataset
 
     tc = cfg.train
