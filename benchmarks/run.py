@@ -10,13 +10,17 @@ On CUDA the torch rows are eager FP32, eager FP16 and FP16 replayed from a CUDA 
 "reduce-overhead" with --compile), for ours and for the peer; artifacts whose runtime is missing (a CUDA build of
 ONNX Runtime, TensorRT) are reported as skipped.
 
-Everything is timed in one process, one after the other, so the ratios are comparable even on shared machines
-whose absolute timings drift. For each (model, target, precision): median and p90 latency of ``--runs`` calls after
-``--warmup`` calls at batch 1 and at each ``--batches`` size, images/s, the process's resident memory after
-the runs, the peak resident memory of the artifact's predictor alone in a child process ("own peak",
+Everything is timed in one process, interleaved in rounds: after ``--warmup`` calls of every row, each of
+``--rounds`` rounds times every row once (``--runs`` calls, A B C, A B C, ...), so a noise burst of a shared
+machine hits every row alike instead of one. For each (model, target, precision) at batch 1 and at each
+``--batches`` size: the median over rounds of each round's median latency and its spread (min-max over rounds),
+p90 over all timed calls, images/s, each ratio (to torch eager, to the peer's fastest row) as the median of the
+per-round ratios, MACs per image counted from the torch graph (:func:`macs_per_image`, the same count for every
+row, peers included; an exported artifact has its module's MACs), the process's resident memory once the row
+was loaded, the peak resident memory of the artifact's predictor alone in a child process ("own peak",
 :mod:`benchmarks.predictor_memory`), PSNR against torch FP32 (the export's own quality report, and on the timed
-inputs themselves), and GFLOP per image counted with
-``torch.utils.flop_counter`` with the fraction of the device's estimated peak it reaches. Writes
+inputs themselves), and GFLOP per image (2 x MACs) with the fraction of the device's estimated peak it
+reaches. Writes
 ``results.json``, ``results.md`` and ``latency.png`` into ``--out``.
 """
 
@@ -76,14 +80,19 @@ def gpu_peak_gflops(name: str) -> float | None:
     return next((tflops * 1000 for key, tflops in GPU_FP16_PEAK_TFLOPS if key in name), None)
 
 
-def gflops_per_image(module: Any, input_size, noise_shape) -> float:
+def macs_per_image(module: Any, input_size, noise_shape) -> int:
+    """Multiply-accumulates of one batch-1 forward pass of a torch generator in eval mode: ``torch.utils.flop_counter``
+    FLOP / 2, the count :mod:`train.macs` makes of our generators, applied to any module (peers included)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    was_training = module.training
+    module.eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         module(torch.zeros(1, *input_size, dtype=torch.int32), torch.zeros(1, *noise_shape))
-    return counter.get_total_flops() / 1e9
+    module.train(was_training)
+    return int(counter.get_total_flops() // 2)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -97,17 +106,44 @@ def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float | None:
     return None if value == float("inf") else round(value, 2)
 
 
-def time_calls(fn, runs: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return {"median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * times[min(len(times) - 1, int(0.9 * len(times)))],
-            "min_ms": 1000 * times[0], "runs": runs}
+def time_rounds(calls: list, rounds: int, runs: int, warmup: int, pause_s: float = 0.0, clock=time.perf_counter,
+                sleep=time.sleep) -> list[dict[str, Any]]:
+    """Time zero-argument ``calls`` interleaved: ``warmup`` untimed calls of each, then ``rounds`` rounds, each
+    timing every call ``runs`` times in list order (A B C, A B C, ...). Returns, per call, ``median_ms`` (median
+    over rounds of each round's median), the spread over rounds (``round_min_ms``, ``round_max_ms``), ``p90_ms`` and
+    ``min_ms`` over all timed calls, and ``round_ms`` (each round's median, for per-round ratios).
+
+    ``pause_s``: an untimed pause before each row's block. Runtime thread pools keep spinning for a while after a
+    call (OpenVINO's and ONNX Runtime's workers), and measured here that spin slowed the next row's torch call by
+    up to 3x; the pause lets them settle, so a row does not pay for the one before it."""
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+    per_round: list[list[float]] = [[] for _ in calls]
+    every: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, fn in enumerate(calls):
+            if pause_s:
+                sleep(pause_s)
+            times = []
+            for _ in range(runs):
+                t = clock()
+                fn()
+                times.append(1000 * (clock() - t))
+            per_round[i].append(statistics.median(times))
+            every[i] += times
+    out = []
+    for medians, times in zip(per_round, every):
+        times = sorted(times)
+        out.append({"median_ms": statistics.median(medians), "round_min_ms": min(medians),
+                    "round_max_ms": max(medians), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+                    "min_ms": times[0], "runs": runs, "rounds": rounds, "round_ms": medians})
+    return out
+
+
+def median_ratio(base_round_ms: list[float], round_ms: list[float]) -> float:
+    """``base / row`` computed in each round, then the median over rounds (a burst in one round moves one ratio)."""
+    return statistics.median(b / r for b, r in zip(base_round_ms, round_ms, strict=True))
 
 
 def torch_runner(module, device: str = "cpu", dtype=None, cuda_graph: bool = False, compiled: bool = False):
@@ -327,101 +363,139 @@ def export_all(name: str, generator, info, specs: list[str], out: Path, calib_sa
     return made
 
 
-def timing_row(model: str, backend: str, batch: int, timing: dict[str, float], flops: float, peak: float | None,
+def timing_row(model: str, backend: str, batch: int, timing: dict[str, Any], macs: int, peak: float | None,
                device: str, **extra: Any) -> dict[str, Any]:
-    """One results row: the timing, throughput, achieved GFLOP/s (and share of ``peak``), process memory, GPU
-    allocator peak, and ``extra`` columns (PSNRs, artifact bytes)."""
+    """One results row: the timing, throughput, MACs and GFLOP per image, achieved GFLOP/s (and share of ``peak``),
+    and ``extra`` columns (PSNRs, artifact bytes, memory)."""
     per_image_s = timing["median_ms"] / 1000 / batch
-    row = {"model": model, "backend": backend, "batch": batch, **{k: round(v, 3) for k, v in timing.items()},
-           "images_per_s": round(1 / per_image_s, 2), "gflop_per_image": round(flops, 2),
-           "achieved_gflops": round(flops / per_image_s, 1), "rss_mib": round(rss_mib(), 1), **extra,
-           **gpu_peak_mib(device)}
+    flops = 2 * macs / 1e9
+    row = {"model": model, "backend": backend, "batch": batch,
+           **{k: [round(x, 3) for x in v] if isinstance(v, list) else round(v, 3) for k, v in timing.items()},
+           "images_per_s": round(1 / per_image_s, 2), "macs_per_image": macs, "gflop_per_image": round(flops, 2),
+           "achieved_gflops": round(flops / per_image_s, 1), **extra}
     if peak:
         row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
     return row
 
 
-def bench_model(name: str, generator, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
+def row_entry(model: str, backend: str, batch: int, call, macs: int, device: str, **extra: Any) -> dict[str, Any]:
+    """A row waiting for its timing: ``call`` runs it once (its inputs bound). It is called once here, so the
+    process RSS (and on CUDA torch's allocator peak) recorded is that of this row loaded and run."""
+    reset_gpu_peak(device)
+    output = call()
+    return {"model": model, "backend": backend, "batch": batch, "call": call, "macs": macs, "output": output,
+            "extra": {**extra, "rss_mib": round(rss_mib(), 1), **gpu_peak_mib(device)}}
+
+
+def model_entries(name: str, generator, info, args, out: Path, log) -> tuple[list[dict[str, Any]], list]:
+    """The rows of our generator (torch, then each artifact that loads here), untimed, and the predictors to close
+    once they are timed."""
     from runtimes import load_predictor
 
     size = tuple(args.size or info.image_size)
     noise_shape = tuple(generator.noise_shape)
-    flops = gflops_per_image(generator, size, noise_shape)
-    rows = []
+    macs = macs_per_image(generator, size, noise_shape)  # the exported artifacts run this module's graph
+    entries: list[dict[str, Any]] = []
     references: dict[int, np.ndarray] = {}  # torch eager FP32 output on each batch's inputs
 
-    def record(label: str, fn_for_batch, psnr=None, size_bytes=None):
+    def add(label: str, fn, psnr=None, size_bytes=None) -> None:
         for batch in args.batches:
             label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
-            reset_gpu_peak(args.device)
-            timing = time_calls(lambda a=label_np, b=noise_np: fn_for_batch(a, b), args.runs, args.warmup)
-            output = np.asarray(fn_for_batch(label_np, noise_np), dtype=np.float32)
+            entry = row_entry(name, label, batch, lambda f=fn, a=label_np, b=noise_np: f(a, b), macs, args.device,
+                              psnr_vs_fp32_db=psnr, bytes=size_bytes)
+            output = np.asarray(entry.pop("output"), dtype=np.float32)
             references.setdefault(batch, output)
-            row = timing_row(name, label, batch, timing, flops, peak, args.device, psnr_vs_fp32_db=psnr,
-                             psnr_vs_eager_db=psnr_db(references[batch], output), bytes=size_bytes)
-            rows.append(row)
-            log(f"[bench] {name:>28} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms  "
-                f"p90 {timing['p90_ms']:8.2f} ms  {row['images_per_s']:8.2f} img/s")
+            entry["extra"]["psnr_vs_eager_db"] = psnr_db(references[batch], output)
+            entries.append(entry)
 
     generator = generator.eval()
     for label, runner in torch_runners(generator, args.device, args.compile).items():
-        record(label, runner)
-    free_gpu(args.device)  # the torch rows' GPU copies, before the artifacts load
+        add(label, runner)
 
     artifacts = export_all(name, generator, info, args.artifacts, out, args.calib_samples, log, args.min_psnr, size)
+    predictors = []
     for spec, path in artifacts.items():
         try:
             predictor = load_predictor(path, device=args.device)
         except Exception as e:  # noqa: BLE001 - e.g. no CUDA build of onnxruntime, no TensorRT: time the rest
             log(f"[bench] skipped {spec} on {args.device}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
+        predictors.append(predictor)
         quality = predictor.manifest.quality or {}
         size_bytes = sum(f.bytes for f in predictor.manifest.files)
-        first = len(rows)
-        record(spec.replace(":", " "), lambda label, noise, p=predictor: p.generate_raw(label, noise=noise),
-               quality.get("psnr_db"), size_bytes)
-        predictor.close()
+        first = len(entries)
+        add(spec.replace(":", " "), lambda label, noise, p=predictor: p.generate_raw(label, noise=noise),
+            quality.get("psnr_db"), size_bytes)
+        if args.device == "cpu":
+            for entry in entries[first:first + len(args.batches)]:
+                mem = own_process_memory(path, entry["batch"], args.device, log)
+                entry["extra"]["own_peak_mib"] = None if mem is None else mem["peak_mib"]
+                entry["extra"]["own_peak_over_base_mib"] = None if mem is None else mem["peak_over_base_mib"]
         if args.device == "cpu" and args.ov_native and spec.startswith("openvino") and not spec.endswith("fp32"):
             # what OpenVINO's own default precision (bf16 float parts on AVX512-BF16/AMX CPUs) costs and buys
             native = load_predictor(path, device=args.device, inference_precision="auto")
-            record(spec.replace(":", " ") + " native", lambda label, noise, p=native: p.generate_raw(label, noise=noise),
-                   None, size_bytes)
-            native.close()
-        if args.device == "cpu":
-            for row in rows[first:first + len(args.batches)]:
-                mem = own_process_memory(path, row["batch"], args.device, log)
-                row["own_peak_mib"] = None if mem is None else mem["peak_mib"]
-                row["own_peak_over_base_mib"] = None if mem is None else mem["peak_over_base_mib"]
+            predictors.append(native)
+            add(spec.replace(":", " ") + " native", lambda label, noise, p=native: p.generate_raw(label, noise=noise),
+                None, size_bytes)
+    return entries, predictors
+
+
+def time_entries(entries: list[dict[str, Any]], args, peak, log) -> list[dict[str, Any]]:
+    """Time every row interleaved in rounds (:func:`time_rounds`) and turn each into a results row."""
+    timings = time_rounds([e["call"] for e in entries], args.rounds, args.runs, args.warmup, args.pause_ms / 1000)
+    rows = []
+    for entry, timing in zip(entries, timings):
+        row = timing_row(entry["model"], entry["backend"], entry["batch"], timing, entry["macs"], peak, args.device,
+                         **entry["extra"])
+        rows.append(row)
+        log(f"[bench] {entry['model']:>28} {entry['backend']:<16} batch {entry['batch']:>2}: median "
+            f"{row['median_ms']:8.2f} ms  rounds {row['round_min_ms']:.2f}-{row['round_max_ms']:.2f} ms  "
+            f"{row['images_per_s']:8.2f} img/s  {row['gflop_per_image']:.2f} GFLOP")
     return rows
 
 
-def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
-    baseline = {}
-    for r in rows:
-        if r["backend"] == "torch eager fp32":
-            baseline[(r["model"], r["batch"])] = r["median_ms"]
+def add_ratios(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Each row's speed-ups, each the median over rounds of the per-round ratio (:func:`median_ratio`): to its own
+    model's torch eager FP32, to our torch eager FP32, and to each peer's fastest row at the same batch
+    (``speedup_vs_peer``, peer model -> ratio; ``meta["peer_reference"]`` names the row it was taken against)."""
+    baseline = {(r["model"], r["batch"]): r["round_ms"] for r in rows if r["backend"] == "torch eager fp32"}
     ours = next((r["model"] for r in rows), None)
+    fastest: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        if r["model"].startswith("peer ") and (
+                (r["model"], r["batch"]) not in fastest or r["median_ms"] < fastest[(r["model"], r["batch"])]["median_ms"]):
+            fastest[(r["model"], r["batch"])] = r
+    meta["peer_reference"] = {f"{m} batch {b}": r["backend"] for (m, b), r in fastest.items()}
     for r in rows:
         base = baseline.get((r["model"], r["batch"]))
-        r["speedup_vs_torch_eager"] = round(base / r["median_ms"], 2) if base else None
+        r["speedup_vs_torch_eager"] = round(median_ratio(base, r["round_ms"]), 2) if base else None
         base_ours = baseline.get((ours, r["batch"]))
-        r["speedup_vs_our_torch_eager"] = round(base_ours / r["median_ms"], 2) if base_ours else None
+        r["speedup_vs_our_torch_eager"] = round(median_ratio(base_ours, r["round_ms"]), 2) if base_ours else None
+        r["speedup_vs_peer"] = {m: round(median_ratio(p["round_ms"], r["round_ms"]), 2)
+                                for (m, b), p in fastest.items() if b == r["batch"]}
+
+
+def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
+    add_ratios(rows, meta)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    head = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "x torch eager", "PSNR dB (export)",
-            "PSNR dB (this input)", "GFLOP/img",
-            "% peak", "RSS MiB", "own peak MiB", "size"]
+    peers = list(dict.fromkeys(m for r in rows for m in r["speedup_vs_peer"]))
+    head = ["model", "backend", "batch", "MACs/img (G)", "median ms", "spread ms (rounds)", "p90 ms", "img/s",
+            "x torch eager", *[f"x {m} (fastest)" for m in peers], "PSNR dB (export)", "PSNR dB (this input)",
+            "GFLOP/img", "% peak", "RSS MiB", "own peak MiB", "size"]
     on_gpu = any("gpu_peak_mib" in r for r in rows)
     if on_gpu:  # torch's CUDA allocator peak of that row instead of the CPU predictor's own-process peak
         head[-2] = "GPU peak MiB (torch)"
-    lines = [f"# dp-sims benchmark ({meta['device']})", "", f"{meta['when']}, {meta['runs']} runs after "
-             f"{meta['warmup']} warm-up calls, one process.", "", "| " + " | ".join(head) + " |",
+    lines = [f"# dp-sims benchmark ({meta['device']})", "", f"{meta['when']}, one process, rows interleaved in "
+             f"{meta['rounds']} rounds of {meta['runs']} calls each after {meta['warmup']} warm-up calls; median and "
+             "spread (min-max) over rounds; ratios are medians of per-round ratios.", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for r in rows:
         pct = f"{100 * r['fraction_of_peak']:.1f}" if r.get("fraction_of_peak") is not None else "-"
         size = f"{r['bytes'] / 2**20:.1f} MB" if r.get("bytes") else "-"
         lines.append("| " + " | ".join(str(v) for v in [
-            r["model"], r["backend"], r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
-            r["speedup_vs_torch_eager"], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
+            r["model"], r["backend"], r["batch"], f"{r['macs_per_image'] / 1e9:.3f}", f"{r['median_ms']:.2f}",
+            f"{r['round_min_ms']:.2f}-{r['round_max_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
+            r["speedup_vs_torch_eager"], *[r["speedup_vs_peer"].get(m, "-") for m in peers], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
             r["psnr_vs_eager_db"] if r.get("psnr_vs_eager_db") is not None else "-",
             r["gflop_per_image"], pct, r["rss_mib"], r.get("gpu_peak_mib" if on_gpu else "own_peak_mib") or "-",
             size]) + " |")
@@ -470,7 +544,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="target:precision list (default " + ",".join(DEFAULT_ARTIFACTS) + ")")
     parser.add_argument("--peer", action="append", default=[], help="module:factory of a peer generator")
     parser.add_argument("--batches", type=_batch_list, default=[1], help="comma list of batch sizes (default 1)")
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of interleaved timing: each round times every row once (default 5)")
+    parser.add_argument("--runs", type=int, default=4, help="timed calls of a row per round (default 4)")
+    parser.add_argument("--pause-ms", type=float, default=100.0,
+                        help="untimed pause before each row's calls in a round, so the previous backend's spinning "
+                             "thread pool settles (default 100)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--min-psnr", type=float, default=30.0, help="INT8 quality bar of the exports (dB)")
@@ -482,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    if min(args.batches) < 1 or args.runs < 1 or args.warmup < 0:
-        parser.error("--batches must be >= 1, --runs >= 1 and --warmup >= 0.")
+    if min(args.batches) < 1 or args.runs < 1 or args.rounds < 1 or args.warmup < 0 or args.pause_ms < 0:
+        parser.error("--batches must be >= 1, --runs >= 1, --rounds >= 1, --warmup >= 0 and --pause-ms >= 0.")
     if args.device == "cuda":
         import torch
 
@@ -537,12 +616,19 @@ def _run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the results.")
     out.mkdir(parents=True, exist_ok=True)
-    rows = bench_model(name, generator, info, args, out, peak, log)
-    for spec, peer in peers:
-        peer_info = type(info)(**{**vars(info), "generator": info.generator, "dataset": "none (peer, random weights)"})
-        rows += bench_peer(spec, peer, peer_info, args, out, peak, log)
+    entries, predictors = model_entries(name, generator, info, args, out, log)
+    with tempfile.TemporaryDirectory() as tmp:  # the peers' ONNX files live until their rows are timed
+        for spec, peer in peers:
+            entries += peer_entries(spec, peer, info.num_classes, tuple(args.size or info.image_size), args,
+                                    Path(tmp) / f"{_slug(spec)}.onnx")
+        free_gpu(args.device)
+        log(f"[bench] timing {len(entries)} rows interleaved: {args.rounds} rounds of {args.runs} calls")
+        rows = time_entries(entries, args, peak, log)
+    for predictor in predictors:
+        predictor.close()
     meta = {"device": device, "peak_gflops_estimate": peak, "when": time.strftime("%Y-%m-%d %H:%M"),
-            "runs": args.runs, "warmup": args.warmup, "python": platform.python_version(), "argv": sys.argv[1:]}
+            "rounds": args.rounds, "runs": args.runs, "warmup": args.warmup, "pause_ms": args.pause_ms, "python": platform.python_version(),
+            "argv": sys.argv[1:]}
     write_results(rows, meta, out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'latency.png'}")
@@ -567,30 +653,31 @@ def peer_cpu_runners(peer, size, onnx_path: Path) -> dict[str, Any]:
     return runners
 
 
-def bench_peer(spec: str, peer, info, args, out: Path, peak, log) -> list[dict[str, Any]]:
-    """A peer generator through torch eager and the same ONNX Runtime / OpenVINO conversions (default settings:
-    what a user of that model gets by exporting it), without our export pipeline (it has no checkpoint format)."""
+def peer_entries(spec: str, peer, num_classes: int, size, args, onnx_path: Path) -> list[dict[str, Any]]:
+    """A peer generator's rows through torch eager and the same ONNX Runtime / OpenVINO conversions (default
+    settings: what a user of that model gets by exporting it), without our export pipeline (it has no checkpoint
+    format). Every row has the peer module's MACs."""
     import torch
 
-    size = tuple(args.size or info.image_size)
     noise_shape = tuple(peer.noise_shape)
-    flops = gflops_per_image(peer, size, noise_shape)
+    macs = macs_per_image(peer, size, noise_shape)
     name = spec.split(":")[-1]
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = torch_runners(peer, args.device, args.compile)
-        if args.device == "cpu":  # on CUDA the peer's ONNX Runtime / OpenVINO CPU rows belong to the CPU run
-            runners.update(peer_cpu_runners(peer, size, Path(tmp) / "peer.onnx"))
-        for label, fn in runners.items():
-            for batch in args.batches:
-                label_np, noise_np = inputs(batch, size, noise_shape, info.num_classes)
-                reset_gpu_peak(args.device)
+    runners = torch_runners(peer, args.device, args.compile)
+    if args.device == "cpu":  # on CUDA the peer's ONNX Runtime / OpenVINO CPU rows belong to the CPU run
+        runners.update(peer_cpu_runners(peer, size, onnx_path))
+    entries = []
+    for label, fn in runners.items():
+        for batch in args.batches:
+            label_np, noise_np = inputs(batch, size, noise_shape, num_classes)
+
+            def call(f=fn, a=label_np, b=noise_np):
                 with torch.no_grad():
-                    timing = time_calls(lambda f=fn, a=label_np, b=noise_np: f(a, b), args.runs, args.warmup)
-                rows.append(timing_row(f"peer {name}", label, batch, timing, flops, peak, args.device,
-                                       psnr_vs_fp32_db=None, bytes=None))
-                log(f"[bench] peer {name:>23} {label:<16} batch {batch:>2}: median {timing['median_ms']:8.2f} ms")
-    return rows
+                    return f(a, b)
+
+            entry = row_entry(f"peer {name}", label, batch, call, macs, args.device, psnr_vs_fp32_db=None, bytes=None)
+            entry.pop("output")
+            entries.append(entry)
+    return entries
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The benchmark harness runs end to end on a small generator (no timing is asserted: speed lives in the reports):
-every requested artifact gets a row with its quality, an own-process peak memory, the ratio to torch eager, and
-the markdown table and chart are written; the peer generator goes through the same backends."""
+every requested artifact gets a row with its quality, an own-process peak memory, its MACs, the ratio to torch
+eager, and the markdown table and chart are written; the peer generator goes through the same backends. Rows are
+timed interleaved in rounds and ratios are medians of per-round ratios (checked on fake calls and a fake clock)."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +42,7 @@ def test_benchmark_harness_rows_memory_and_report(tmp_path):
     out = tmp_path / "bench"
     argv = ["--preset", "synthetic-tiny", "--size", "32", "--artifacts", "onnx:fp32,openvino:fp16", "--runs", "2",
             "--warmup", "1", "--calib-samples", "4", "--out", str(out), "--peer", "test_benchmarks:tiny_peer", "--ov-native",
-            "--set", "model.generator.spade_kernel=1"]
+            "--set", "model.generator.spade_kernel=1", "--rounds", "2"]
     assert bench.main(argv) == 0
     data = json.loads((out / "results.json").read_text())
     ours = [r for r in data["rows"] if r["model"].startswith("synthetic-tiny")]
@@ -48,6 +50,17 @@ def test_benchmark_harness_rows_memory_and_report(tmp_path):
     assert all("spade_kernel=1" in r["model"] for r in ours)  # --set reached the preset and names the rows
     eager = ours[0]
     assert eager["speedup_vs_torch_eager"] == 1.0 and eager["gflop_per_image"] > 0
+    # MACs from the graph: our module's count as train.macs makes it, on every row of ours (artifacts included)
+    from train.config import load_config
+    from train.macs import generator_cost
+
+    cfg = load_config("synthetic-tiny", ["model.generator.spade_kernel=1"])
+    our_macs = generator_cost(cfg.data.num_classes, cfg.model.generator, (32, 32))[0]
+    assert our_macs > 0 and all(r["macs_per_image"] == our_macs for r in ours)
+    assert all(r["gflop_per_image"] == round(2 * our_macs / 1e9, 2) for r in ours)
+    assert data["meta"]["rounds"] == 2
+    for r in data["rows"]:
+        assert len(r["round_ms"]) == 2 and r["round_min_ms"] <= r["median_ms"] <= r["round_max_ms"]
     assert ours[1]["psnr_vs_eager_db"] is None or ours[1]["psnr_vs_eager_db"] > 80  # FP32 export on the timed input
     assert ours[2]["psnr_vs_eager_db"] > 40
     for r in ours[1:]:
@@ -58,13 +71,101 @@ def test_benchmark_harness_rows_memory_and_report(tmp_path):
             assert r["psnr_vs_fp32_db"] is None
         if not r["backend"].endswith("native"):  # own-process memory: at the predictor's default settings
             assert r["own_peak_mib"] > r["own_peak_over_base_mib"] > 0
-        assert r["speedup_vs_torch_eager"] == pytest.approx(eager["median_ms"] / r["median_ms"], rel=0.02)
+        per_round = statistics.median(e / x for e, x in zip(eager["round_ms"], r["round_ms"]))  # median of ratios
+        assert r["speedup_vs_torch_eager"] == pytest.approx(per_round, rel=0.02)
     peer_rows = [r for r in data["rows"] if not r["model"].startswith("synthetic-tiny")]
     assert {r["backend"] for r in peer_rows} == {"torch eager fp32", "onnx fp32", "openvino fp32", "openvino default"}
     assert all(r["speedup_vs_our_torch_eager"] for r in peer_rows)
+    # the peer's MACs: its convolutions counted layer by layer (the peer is convolutions and element-wise ops)
+    assert all(r["macs_per_image"] == conv_macs(tiny_peer(cfg.data.num_classes, (32, 32)), (32, 32)) for r in peer_rows)
+    fastest = min(peer_rows, key=lambda r: r["median_ms"])
+    assert data["meta"]["peer_reference"] == {"peer tiny_peer batch 1": fastest["backend"]}
+    for r in data["rows"]:
+        expected = statistics.median(f / x for f, x in zip(fastest["round_ms"], r["round_ms"]))
+        assert r["speedup_vs_peer"]["peer tiny_peer"] == pytest.approx(expected, rel=0.02, abs=0.005)  # 2 decimals
     table = (out / "results.md").read_text()
     assert "own peak MiB" in table and table.count("\n| ") >= len(data["rows"])
     assert (out / "latency.png").stat().st_size > 1000
+
+
+def conv_macs(module, size) -> int:
+    """MACs of the Conv2d layers of ``module`` for one image: output elements x input channels per group x kernel
+    area, summed with forward hooks (an independent count, not the flop counter)."""
+    import torch
+
+    total = []
+
+    def hook(conv, _, out):
+        total.append(out.numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        module(torch.zeros(1, *size, dtype=torch.int32), torch.zeros(1, *module.noise_shape))
+    for h in handles:
+        h.remove()
+    return sum(total)
+
+
+def test_macs_per_image_is_train_macs_count_and_the_peers_conv_count():
+    from benchmarks.peers import OasisLikeGenerator
+    from benchmarks.run import macs_per_image
+    from train.macs import generator_cost
+
+    g, cfg = _tiny_generator(with_cfg=True)
+    assert macs_per_image(g, (16, 16), g.noise_shape) == generator_cost(5, cfg, (16, 16))[0] > 0
+    assert macs_per_image(g, (32, 32), g.noise_shape) > macs_per_image(g, (16, 16), g.noise_shape)
+    peer = OasisLikeGenerator(5, (64, 64), base=2, z_dim=4).eval()
+    assert macs_per_image(peer, (64, 64), peer.noise_shape) == conv_macs(peer, (64, 64)) > 0
+
+
+def test_rows_are_timed_interleaved_in_rounds():
+    """Warm-up of every row, then each round times every row once: A B C, A B C, ... (not A A B B C C)."""
+    from benchmarks.run import time_rounds
+
+    calls: list[str] = []
+    fns = [lambda n=n: calls.append(n) for n in "ABC"]
+    timings = time_rounds(fns, rounds=3, runs=1, warmup=1)
+    assert calls == list("ABC") + list("ABC") * 3
+    assert [t["rounds"] for t in timings] == [3, 3, 3] and all(len(t["round_ms"]) == 3 for t in timings)
+    calls.clear()
+    pauses: list[float] = []
+    time_rounds(fns, rounds=2, runs=2, warmup=0, pause_s=0.5, sleep=pauses.append)
+    assert calls == list("AABBCC") * 2  # --runs calls of a row per round, rows in turn
+    assert pauses == [0.5] * 6  # one untimed pause before each row's block
+
+
+def test_round_statistics_and_ratios_are_medians_over_rounds_on_a_fake_clock():
+    """Known per-call durations: median and spread over rounds, and every ratio is the median of per-round ratios
+    (here 3.0, where the ratio of the medians would be 2.0)."""
+    from benchmarks.run import add_ratios, time_rounds, timing_row
+
+    durations = {"eager": [10.0, 20.0, 30.0], "onnx": [20.0, 5.0, 10.0], "peer eager": [40.0, 40.0, 40.0],
+                 "peer ov": [30.0, 60.0, 30.0]}
+    now = [0.0]
+    made: dict[str, int] = {k: 0 for k in durations}
+
+    def call(name):
+        now[0] += durations[name][made[name]] / 1000
+        made[name] += 1
+
+    names = list(durations)
+    timings = time_rounds([lambda n=n: call(n) for n in names], rounds=3, runs=1, warmup=0, clock=lambda: now[0])
+    by = dict(zip(names, timings))
+    assert by["eager"]["round_ms"] == pytest.approx([10, 20, 30]) and by["eager"]["median_ms"] == pytest.approx(20)
+    assert (by["onnx"]["round_min_ms"], by["onnx"]["median_ms"], by["onnx"]["round_max_ms"]) == pytest.approx((5, 10, 20))
+    rows = [timing_row("ours", "torch eager fp32", 1, by["eager"], 1000, None, "cpu"),
+            timing_row("ours", "onnx fp32", 1, by["onnx"], 1000, None, "cpu"),
+            timing_row("peer p", "torch eager fp32", 1, by["peer eager"], 4000, None, "cpu"),
+            timing_row("peer p", "openvino default", 1, by["peer ov"], 4000, None, "cpu")]
+    meta: dict = {}
+    add_ratios(rows, meta)
+    onnx = rows[1]
+    assert onnx["speedup_vs_torch_eager"] == pytest.approx(3.0)  # median of 10/20, 20/5, 30/10
+    assert onnx["macs_per_image"] == 1000 and onnx["gflop_per_image"] == round(2e-6, 2)
+    # the peer's fastest row (openvino default, median 30 ms) per round: 30/20, 60/5, 30/10 -> median 3.0
+    assert meta["peer_reference"] == {"peer p batch 1": "openvino default"}
+    assert onnx["speedup_vs_peer"] == {"peer p": pytest.approx(3.0)}
+    assert rows[2]["speedup_vs_our_torch_eager"] == pytest.approx(0.5)  # 10/40, 20/40, 30/40
 
 
 def test_predictor_memory_child_process(artifacts):
@@ -79,7 +180,7 @@ def test_predictor_memory_child_process(artifacts):
     assert mem["peak_over_base_mib"] == pytest.approx(mem["peak_mib"] - mem["base_mib"], abs=0.2)
 
 
-def _tiny_generator():
+def _tiny_generator(with_cfg: bool = False):
     import torch
 
     from train.config import GeneratorConfig
@@ -92,7 +193,7 @@ def _tiny_generator():
     for name, p in g.named_parameters():  # live attention outputs, so the noise matters
         if ".out." in name:
             torch.nn.init.normal_(p, std=0.5)
-    return g
+    return (g, cfg) if with_cfg else g
 
 
 def test_torch_runner_copies_the_model_and_matches_eager():
@@ -153,6 +254,7 @@ def test_cuda_rows_fp16_and_cuda_graph_match_fp32():
 
 @pytest.mark.parametrize("args, words", [
     (["--runs", "0"], "--runs >= 1"),
+    (["--rounds", "0"], "--rounds >= 1"),
     (["--batches", "1,a"], "--batches takes batch sizes"),
     (["--artifacts", "onnx:fp32,foo:bar"], "got 'foo:bar'"),
     (["--size", "33"], "multiples of the generator's total stride 8"),
