@@ -115,7 +115,7 @@ def time_rounds(calls: list, rounds: int, runs: int, warmup: int, pause_s: float
 
     ``pause_s``: an untimed pause before each row's block. Runtime thread pools keep spinning for a while after a
     call (OpenVINO's and ONNX Runtime's workers), and measured here that spin slowed the next row's torch call by
-    up to 3x; the pause lets them settle, so a row does not pay for the one before it."""
+    2-5x (two tries, heavily shared machine); the pause lets them settle, so a row does not pay for the one before it."""
     for fn in calls:
         for _ in range(warmup):
             fn()
