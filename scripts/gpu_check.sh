@@ -14,6 +14,6 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_benchmarks.py 2>&1 | tee "$OUT/pytest-gpu.log"
-"$PY" -m benchmarks.run --preset ade20k-256-edge --device cuda --batches 1,16 --runs 30 --warmup 5 --compile \
+"$PY" -m benchmarks.run --preset ade20k-256-edge --device cuda --batches 1,16 --rounds 5 --runs 6 --warmup 5 --compile \
   --artifacts torch:fp32,torch:fp16 --peer benchmarks.peers:oasis_generator --out /tmp/gpu-bench 2>&1 | tee "$OUT/bench.log"
 cp /tmp/gpu-bench/results.json /tmp/gpu-bench/results.md /tmp/gpu-bench/latency.png "$OUT/" 2>/dev/null || true
