@@ -415,7 +415,17 @@ def test_cli_generate_single_variations_and_grid(artifacts, predictor, label, tm
     assert grid.shape == (32, 4 * 32 + 3 * 2, 3)
     np.testing.assert_array_equal(grid[:, :32], predictor.colorize(label))
     np.testing.assert_array_equal(grid[:, 34:66], predictor.generate(label, seed=4))
-    assert "seeds 4..6" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "seeds 4..6" in printed
+    images = np.stack([predictor.generate(label, seed=s) for s in (4, 5, 6)]).astype(float) / 255
+    pairs = [np.abs(images[a] - images[b]).mean() for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert f"differ by {np.mean(pairs):.3f} per pixel" in printed and np.mean(pairs) > 0
+    # --scale 2: every pixel of every tile a 2x2 block
+    assert cli_main([*args, "--seed", "4", "--n", "2", "--grid", "--scale", "2", "--out", str(tmp_path / "big.png")]) == 0
+    big = np.asarray(Image.open(tmp_path / "big.png"))
+    assert big.shape == (64, 3 * 64 + 2 * 2, 3)
+    np.testing.assert_array_equal(big[::2, :64:2], predictor.colorize(label))
+    np.testing.assert_array_equal(big[1::2, 66 + 1 : 130 : 2], predictor.generate(label, seed=4))
 
 
 def test_cli_user_errors_exit_2(artifacts, tmp_path, capsys):
