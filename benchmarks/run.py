@@ -82,17 +82,10 @@ def gpu_peak_gflops(name: str) -> float | None:
 
 def macs_per_image(module: Any, input_size, noise_shape) -> int:
     """Multiply-accumulates of one batch-1 forward pass of a torch generator in eval mode: ``torch.utils.flop_counter``
-    FLOP / 2, the count :mod:`train.macs` makes of our generators, applied to any module (peers included)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    FLOP / 2, counted by :func:`train.macs.module_macs` for every row, peers included."""
+    from train.macs import module_macs
 
-    was_training = module.training
-    module.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        module(torch.zeros(1, *input_size, dtype=torch.int32), torch.zeros(1, *noise_shape))
-    module.train(was_training)
-    return int(counter.get_total_flops() // 2)
+    return module_macs(module, input_size, noise_shape)
 
 
 # ------------------------------------------------------------------------------------------------ timing
