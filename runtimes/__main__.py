@@ -89,17 +89,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seeds = f"seed {seed}" if args.n == 1 else f"seeds {seed}..{seed + args.n - 1}"
     print(f"{predictor.target} {predictor.precision}, {seeds}: wrote {', '.join(str(p) for p in written)}")
     if args.n > 1:
-        print(f"the {args.n} images differ by {seed_difference(images):.3f} per pixel on average "
-              "(mean absolute difference between two seeds' images, 0..1 of the colour range)")
+        diversity = imaging.pixel_diversity([image[None] for image in images])
+        print(f"the {args.n} images differ by {diversity:.3f} per pixel on average "
+              "(pixel diversity: mean absolute difference between two seeds' images, 0..1 of the colour range)")
     return 0
 
-
-def seed_difference(images: np.ndarray) -> float:
-    """How different the images of several seeds of one label map are: the mean absolute difference between every
-    pair of them, per pixel and channel, as a fraction of the uint8 range (0: identical)."""
-    x = images.astype(np.float64) / 255.0
-    pairs = [np.abs(x[i] - x[j]).mean() for i in range(len(x)) for j in range(i + 1, len(x))]
-    return float(np.mean(pairs))
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -160,3 +160,37 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
         images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=-1.0)
     pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.moveaxis(pixels, -3, -1))
+
+
+def pixel_diversity(images_by_seed: list[np.ndarray]) -> float:
+    """How different the images of several seeds are (``train.evaluate``'s pixel_diversity, and ``python -m
+    runtimes generate --n``'s): the mean absolute difference, in [0, 1] units, between the images of every pair of
+    seeds (same label maps), averaged over pairs, maps and pixels; NaN for a single seed. Images: uint8
+    [N, H, W, 3] per seed."""
+    acc = PixelDiversity(len(images_by_seed))
+    acc.add(images_by_seed)
+    return acc.value()
+
+
+class PixelDiversity:
+    """:func:`pixel_diversity` summed chunk by chunk (``add`` the images of each seed for the same maps)."""
+
+    def __init__(self, seeds: int):
+        self.seeds = seeds
+        self.sums = np.zeros((seeds, seeds), dtype=np.float64)  # exact: integer sums below 2**53
+        self.values = 0
+
+    def add(self, images_by_seed: list[np.ndarray]) -> None:
+        if len(images_by_seed) != self.seeds:
+            raise InputError(f"expected the images of {self.seeds} seeds, got {len(images_by_seed)}.")
+        for a in range(self.seeds):
+            for b in range(a + 1, self.seeds):
+                diff = np.abs(images_by_seed[a].astype(np.int16) - images_by_seed[b].astype(np.int16))
+                self.sums[a, b] += float(diff.sum(dtype=np.int64))
+        self.values += images_by_seed[0].size if self.seeds else 0
+
+    def value(self) -> float:
+        if self.seeds < 2 or not self.values:
+            return float("nan")
+        pairs = [self.sums[a, b] / self.values / 255.0 for a in range(self.seeds) for b in range(a + 1, self.seeds)]
+        return float(np.mean(pairs))
