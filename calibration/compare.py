@@ -17,6 +17,7 @@ import numpy as np
 from calibration.sets import CalibrationSet
 from dpsims.errors import InputError
 from dpsims.progress import progress
+from runtimes.imaging import psnr
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -26,11 +27,6 @@ def run_all(runner: Runner, data: CalibrationSet, batch_size: int = 8) -> np.nda
     batches = progress(data.batches(batch_size), "quality check", total=-(-len(data) // max(1, batch_size)),
                        unit="batch")
     return np.concatenate([np.asarray(runner(b), dtype=np.float32) for b in batches])
-
-
-def psnr(reference: np.ndarray, candidate: np.ndarray, peak_to_peak: float = 2.0) -> float:
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak_to_peak**2 / mse)
 
 
 def compare_images(reference: np.ndarray, candidate: np.ndarray, data: CalibrationSet | None = None) -> dict[str, Any]:

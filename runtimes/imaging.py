@@ -10,6 +10,7 @@ each colour is a class colour of the artifact's palette) or ``.npy`` arrays.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -194,3 +195,10 @@ class PixelDiversity:
             return float("nan")
         pairs = [self.sums[a, b] / self.values / 255.0 for a in range(self.seeds) for b in range(a + 1, self.seeds)]
         return float(np.mean(pairs))
+
+
+def psnr(reference: np.ndarray, candidate: np.ndarray, peak_to_peak: float = 2.0) -> float:
+    """PSNR in dB of ``candidate`` against ``reference`` (images in [-1, 1]: peak-to-peak 2); inf when equal. The
+    one definition the export's quality check, the benchmarks and distillation's student-vs-teacher fidelity use."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(peak_to_peak**2 / mse)

@@ -347,9 +347,10 @@ def fidelity(student: nn.Module, teacher: nn.Module, val_set, samples: int, devi
         a, b = images(student), images(teacher)
     finally:
         student.train(was_training)
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    out: dict[str, Any] = {"psnr_db": None if mse == 0 else round(10 * math.log10(4.0 / mse), 2),
-                           "maps": len(labels), "seed": seed}
+    from runtimes.imaging import psnr
+
+    value = psnr(b.numpy(), a.numpy())
+    out: dict[str, Any] = {"psnr_db": None if math.isinf(value) else round(value, 2), "maps": len(labels), "seed": seed}
     scenes = getattr(val_set, "scenes", None)
     if scenes is not None:
         from train.metrics import label_consistency, to_uint8_nhwc
