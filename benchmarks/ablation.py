@@ -39,6 +39,9 @@ VARIANTS: dict[str, list[str]] = {
     "no-ema-stats": ["train.ema_bn_batches=0"],
     # four times the diversity term's weight (its ratio stays far below the cap at weight 1)
     "diversity-x4": ["loss.diversity=4.0"],
+    # the layout first: no diversity term for 300 steps, then 4x or 6x the preset's weight
+    "diversity-x4-late": ["loss.diversity=4.0", "loss.diversity_start=300"],
+    "diversity-x6-late": ["loss.diversity=6.0", "loss.diversity_start=300"],
 }
 
 

@@ -251,8 +251,16 @@ def inputs(batch: int, input_size, noise_shape, num_classes: int, seed: int = 0)
 # ------------------------------------------------------------------------------------------------ models
 
 
-def load_model(args: argparse.Namespace):
-    """(name, generator, GeneratorInfo) of the checkpoint, or of a random-weight generator of a preset."""
+def load_models(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    """(name, generator, GeneratorInfo) of the checkpoint, or of a random-weight generator of each ``--preset``."""
+    if args.checkpoint:
+        return [load_model(args, None)]
+    return [load_model(args, preset) for preset in args.preset]
+
+
+def load_model(args: argparse.Namespace, preset: str | None):
+    """(name, generator, GeneratorInfo) of the checkpoint (``preset`` None), or of a random-weight generator of
+    ``preset``."""
     import torch
 
     from export.api import check_size
@@ -260,12 +268,12 @@ def load_model(args: argparse.Namespace):
     from train.config import load_config
     from train.models.generator import Generator
 
-    if args.checkpoint:
+    if preset is None:
         generator, info = load_generator(args.checkpoint)
         if args.size is not None:
             check_size(args.size, generator.stride)
         return Path(args.checkpoint).name, generator, info
-    cfg = load_config(args.preset, ([] if "synthetic" in args.preset else ["data.root=."]) + args.set)  # data is not read
+    cfg = load_config(preset, ([] if "synthetic" in preset else ["data.root=."]) + args.set)  # data is not read
     num_classes = args.num_classes or (cfg.data.num_classes if cfg.data.dataset in BUILTIN_SCENES else 151)
     torch.manual_seed(0)
     generator = Generator(num_classes, cfg.model.generator)
@@ -368,7 +376,20 @@ def timing_row(model: str, backend: str, batch: int, timing: dict[str, Any], mac
            "achieved_gflops": round(flops / per_image_s, 1), **extra}
     if peak:
         row["fraction_of_peak"] = round(flops / per_image_s / peak, 4)
+        if device == "cpu" and "int8" in backend:
+            row["fraction_of_int8_peak"] = round(flops / per_image_s / (peak * int8_speedup()), 4)
     return row
+
+
+def int8_speedup() -> int:
+    """INT8 operations per FP32 FLOP of this CPU's vector units: 4 with VNNI (one dot-product instruction does 4
+    int8 multiply-adds per 32-bit lane), 2 without (pairs through 16-bit multiply-adds). An estimate for the
+    "share of the int8 peak" column, as :func:`cpu_peak_gflops` is for the FP32 peak."""
+    try:
+        flags = set(re.search(r"^flags\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
+    except (OSError, AttributeError):
+        return 2
+    return 4 if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else 2
 
 
 def row_entry(model: str, backend: str, batch: int, call, macs: int, device: str, **extra: Any) -> dict[str, Any]:
@@ -474,7 +495,7 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
     peers = list(dict.fromkeys(m for r in rows for m in r["speedup_vs_peer"]))
     head = ["model", "backend", "batch", "MACs/img (G)", "median ms", "spread ms (rounds)", "p90 ms", "img/s",
             "x torch eager", *[f"x {m} (fastest)" for m in peers], "PSNR dB (export)", "PSNR dB (this input)",
-            "GFLOP/img", "% peak", "RSS MiB", "own peak MiB", "size"]
+            "GFLOP/img", "% peak", "% int8 peak", "RSS MiB", "own peak MiB", "size"]
     on_gpu = any("gpu_peak_mib" in r for r in rows)
     if on_gpu:  # torch's CUDA allocator peak of that row instead of the CPU predictor's own-process peak
         head[-2] = "GPU peak MiB (torch)"
@@ -484,13 +505,14 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
              "|" + "---|" * len(head)]
     for r in rows:
         pct = f"{100 * r['fraction_of_peak']:.1f}" if r.get("fraction_of_peak") is not None else "-"
+        pct8 = f"{100 * r['fraction_of_int8_peak']:.1f}" if r.get("fraction_of_int8_peak") is not None else "-"
         size = f"{r['bytes'] / 2**20:.1f} MB" if r.get("bytes") else "-"
         lines.append("| " + " | ".join(str(v) for v in [
             r["model"], r["backend"], r["batch"], f"{r['macs_per_image'] / 1e9:.3f}", f"{r['median_ms']:.2f}",
             f"{r['round_min_ms']:.2f}-{r['round_max_ms']:.2f}", f"{r['p90_ms']:.2f}", r["images_per_s"],
             r["speedup_vs_torch_eager"], *[r["speedup_vs_peer"].get(m, "-") for m in peers], r["psnr_vs_fp32_db"] if r["psnr_vs_fp32_db"] is not None else "-",
             r["psnr_vs_eager_db"] if r.get("psnr_vs_eager_db") is not None else "-",
-            r["gflop_per_image"], pct, r["rss_mib"], r.get("gpu_peak_mib" if on_gpu else "own_peak_mib") or "-",
+            r["gflop_per_image"], pct, pct8, r["rss_mib"], r.get("gpu_peak_mib" if on_gpu else "own_peak_mib") or "-",
             size]) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     bar_chart([r for r in rows if r["batch"] == rows[0]["batch"]], out / "latency.png")
@@ -527,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser("benchmarks.run", __doc__.split("\n\n")[0], __doc__)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="run folder or generator file")
-    src.add_argument("--preset", default="synthetic-tiny", help="config preset of a random-weight generator")
+    src.add_argument("--preset", action="append", default=None,
+                     help="config preset of a random-weight generator (default synthetic-tiny); repeatable: every "
+                          "preset's rows are timed in the same rounds")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a value of --preset, e.g. --set model.generator.spade_kernel=1 (repeatable)")
     parser.add_argument("--num-classes", type=int, default=None)
@@ -553,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                              "on AVX512-BF16/AMX CPUs; the predictor's CPU default is f32, what the export measured)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<time>)")
     args = parser.parse_args(argv)
+    if not args.checkpoint and not args.preset:
+        args.preset = ["synthetic-tiny"]
     configure_logging(args.log_level)
     if min(args.batches) < 1 or args.runs < 1 or args.rounds < 1 or args.warmup < 0 or args.pause_ms < 0:
         parser.error("--batches must be >= 1, --runs >= 1, --rounds >= 1, --warmup >= 0 and --pause-ms >= 0.")
@@ -603,13 +629,17 @@ def _run(args: argparse.Namespace) -> int:
         gpu = torch.cuda.get_device_name()
         peak = gpu_peak_gflops(gpu)
         device = f"{gpu}, % peak of its dense FP16 tensor peak" if peak else gpu
-    name, generator, info = load_model(args)  # a bad --checkpoint / --preset / --set / --size fails here
+    models = load_models(args)  # a bad --checkpoint / --preset / --set / --size fails here
+    info = models[0][2]
     peers = [(spec, load_peer(spec, info.num_classes, args.size or info.image_size)) for spec in args.peer]
     out = Path(args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the results.")
     out.mkdir(parents=True, exist_ok=True)
-    entries, predictors = model_entries(name, generator, info, args, out, log)
+    entries, predictors = [], []
+    for name, generator, model_info in models:
+        more, opened = model_entries(name, generator, model_info, args, out, log)
+        entries, predictors = entries + more, predictors + opened
     with tempfile.TemporaryDirectory() as tmp:  # the peers' ONNX files live until their rows are timed
         for spec, peer in peers:
             entries += peer_entries(spec, peer, info.num_classes, tuple(args.size or info.image_size), args,
@@ -628,8 +658,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def peer_cpu_runners(peer, size, onnx_path: Path) -> dict[str, Any]:
-    """ONNX Runtime FP32 and OpenVINO (FP32, and its default precision) runners of a peer's plain ONNX export."""
+def peer_cpu_runners(peer, size, onnx_path: Path, num_classes: int, calib_samples: int = 32) -> dict[str, Any]:
+    """ONNX Runtime FP32 and OpenVINO (FP32, its default precision, and NNCF INT8 post-training quantization at
+    OpenVINO's defaults: the peer's best CPU path) runners of a peer's plain ONNX export."""
     from export.onnx import export_fp32, session_runner
 
     export_fp32(peer.eval(), size, onnx_path)
@@ -643,6 +674,15 @@ def peer_cpu_runners(peer, size, onnx_path: Path) -> dict[str, Any]:
     f32 = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     runners["openvino fp32"] = lambda lab, n, c=f32: c({"label": lab, "noise": n})
     runners["openvino default"] = lambda lab, n, c=default: c({"label": lab, "noise": n})
+    try:
+        import nncf
+    except ImportError:
+        return runners
+    calib = [dict(zip(("label", "noise"), inputs(1, size, tuple(peer.noise_shape), num_classes, seed=1000 + i)))
+             for i in range(calib_samples)]
+    quantized = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(calib), subset_size=len(calib))
+    int8 = core.compile_model(quantized, "CPU")
+    runners["openvino int8 nncf"] = lambda lab, n, c=int8: c({"label": lab, "noise": n})
     return runners
 
 
@@ -657,7 +697,7 @@ def peer_entries(spec: str, peer, num_classes: int, size, args, onnx_path: Path)
     name = spec.split(":")[-1]
     runners = torch_runners(peer, args.device, args.compile)
     if args.device == "cpu":  # on CUDA the peer's ONNX Runtime / OpenVINO CPU rows belong to the CPU run
-        runners.update(peer_cpu_runners(peer, size, onnx_path))
+        runners.update(peer_cpu_runners(peer, size, onnx_path, num_classes, args.calib_samples))
     entries = []
     for label, fn in runners.items():
         for batch in args.batches:

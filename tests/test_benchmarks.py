@@ -40,20 +40,27 @@ def test_benchmark_harness_rows_memory_and_report(tmp_path):
     from benchmarks import run as bench
 
     out = tmp_path / "bench"
-    argv = ["--preset", "synthetic-tiny", "--size", "32", "--artifacts", "onnx:fp32,openvino:fp16", "--runs", "2",
+    argv = ["--preset", "synthetic-tiny", "--preset", "synthetic-tiny-s16", "--size", "32", "--artifacts",
+            "onnx:fp32,openvino:fp16", "--runs", "2",
             "--warmup", "1", "--calib-samples", "4", "--out", str(out), "--peer", "test_benchmarks:tiny_peer", "--ov-native",
             "--set", "model.generator.spade_kernel=1", "--rounds", "2"]
     assert bench.main(argv) == 0
     data = json.loads((out / "results.json").read_text())
-    ours = [r for r in data["rows"] if r["model"].startswith("synthetic-tiny")]
+    from train.config import load_config
+    from train.macs import generator_cost
+
+    ours = [r for r in data["rows"] if r["model"].startswith("synthetic-tiny ")]
+    student = [r for r in data["rows"] if r["model"].startswith("synthetic-tiny-s16")]
+    # a second --preset: its own rows, its own MACs, timed in the same rounds, ratios to its own eager row
+    assert [r["backend"] for r in student] == [r["backend"] for r in ours]
+    s16 = load_config("synthetic-tiny-s16", ["model.generator.spade_kernel=1"])
+    assert all(r["macs_per_image"] == generator_cost(8, s16.model.generator, (32, 32))[0] for r in student)
+    assert student[0]["speedup_vs_torch_eager"] == 1.0
     assert [r["backend"] for r in ours] == ["torch eager fp32", "onnx fp32", "openvino fp16", "openvino fp16 native"]
     assert all("spade_kernel=1" in r["model"] for r in ours)  # --set reached the preset and names the rows
     eager = ours[0]
     assert eager["speedup_vs_torch_eager"] == 1.0 and eager["gflop_per_image"] > 0
     # MACs from the graph: our module's count as train.macs makes it, on every row of ours (artifacts included)
-    from train.config import load_config
-    from train.macs import generator_cost
-
     cfg = load_config("synthetic-tiny", ["model.generator.spade_kernel=1"])
     our_macs = generator_cost(cfg.data.num_classes, cfg.model.generator, (32, 32))[0]
     assert our_macs > 0 and all(r["macs_per_image"] == our_macs for r in ours)
@@ -74,7 +81,12 @@ def test_benchmark_harness_rows_memory_and_report(tmp_path):
         per_round = statistics.median(e / x for e, x in zip(eager["round_ms"], r["round_ms"]))  # median of ratios
         assert r["speedup_vs_torch_eager"] == pytest.approx(per_round, rel=0.02)
     peer_rows = [r for r in data["rows"] if not r["model"].startswith("synthetic-tiny")]
-    assert {r["backend"] for r in peer_rows} == {"torch eager fp32", "onnx fp32", "openvino fp32", "openvino default"}
+    assert {r["backend"] for r in peer_rows} == {"torch eager fp32", "onnx fp32", "openvino fp32", "openvino default",
+                                                 "openvino int8 nncf"}
+    if data["meta"]["peak_gflops_estimate"]:  # the int8 rows' share of the int8 peak: a quarter or half the FP32 share
+        int8 = next(r for r in peer_rows if r["backend"] == "openvino int8 nncf")
+        assert int8["fraction_of_int8_peak"] * bench.int8_speedup() == pytest.approx(int8["fraction_of_peak"], rel=0.02)
+        assert all("fraction_of_int8_peak" not in r for r in ours)
     assert all(r["speedup_vs_our_torch_eager"] for r in peer_rows)
     # the peer's MACs: its convolutions counted layer by layer (the peer is convolutions and element-wise ops)
     assert all(r["macs_per_image"] == conv_macs(tiny_peer(cfg.data.num_classes, (32, 32)), (32, 32)) for r in peer_rows)

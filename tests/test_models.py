@@ -243,3 +243,25 @@ def test_feature_conditioning_standardises_channels_with_real_statistics():
     x = seen["x"]
     torch.testing.assert_close(x.mean((0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(x.std((0, 2, 3), unbiased=False), torch.ones(4), atol=3e-3, rtol=0)
+
+
+def test_one_discriminator_pass_over_real_fake_and_mixed_equals_three_passes():
+    """The training step's single pass over [real, fake, mixed] with ``real=n`` gives the logits of three separate
+    passes and updates the feature statistics from the real images only, as ``D(real, real=True)`` does."""
+    torch.manual_seed(0)
+    cfg = DiscriminatorConfig(backbone="test_convnext", pretrained=False, decoder_channels=16, stem_channels=8)
+    one = Discriminator(4, cfg).train()
+    three = Discriminator(4, cfg).train()
+    three.load_state_dict(one.state_dict())
+    real, fake, mixed = (torch.rand(3, 3, 32, 32) * 2 - 1 for _ in range(3))
+    for _ in range(2):  # the second time the statistics are a moving average, not the first batch's
+        joint = one(torch.cat([real, fake, mixed]), real=3).logits.split(3)
+        apart = [three(real, real=True).logits, three(fake).logits, three(mixed).logits]
+        for a, b in zip(joint, apart):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for (name, a), b in zip(one.named_buffers(), three.buffers()):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+        real, fake = fake * 0.5, real * 0.3
+    before = [b.clone() for b in one.buffers()]
+    one(torch.cat([fake, mixed]), real=0)  # no real image: nothing moves
+    assert all(torch.equal(a, b) for a, b in zip(before, one.buffers()))

@@ -350,3 +350,19 @@ def test_torchrun_interrupt_checkpoints_every_rank_at_the_same_step(tmp_path):
     state = json.loads((ck / "state.json").read_text())
     assert state["step"] == stop and len(state["ranks"]) == 2
     assert state["ranks"][0]["noise_gen"] != state["ranks"][1]["noise_gen"]  # each rank's own stream
+
+
+def test_diversity_term_starts_at_its_step(tmp_path, monkeypatch):
+    """Before ``loss.diversity_start`` the generator step draws no second noise (the generator sees the batch
+    once) and logs a zero diversity term; from that step on it generates a quarter of the batch again."""
+    from train.models.generator import Generator
+
+    seen = []
+    real_forward = Generator.forward
+    monkeypatch.setattr(Generator, "forward", lambda self, label, z: seen.append(len(label)) or real_forward(self, label, z))
+    train(tiny_cfg(6, "loss.diversity=2.0", "loss.diversity_start=3", "train.log_every=1",
+                   "train.eval_every=100", "train.sample_every=100", "train.ema_bn_batches=0"), tmp_path / "run")
+    recs = read_metrics(tmp_path / "run")
+    assert [r["loss_diversity"] == 0.0 for r in recs] == [True] * 3 + [False] * 3
+    training_calls = [n for n in seen if n in (4, 5)]  # batch 4, and 4 + 1 from step 3 on
+    assert training_calls[:6] == [4, 4, 4, 5, 5, 5]

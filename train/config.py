@@ -117,6 +117,9 @@ class LossConfig:
     diversity_tau: float = 0.1
     """Cap of the diversity ratio beyond which it is not rewarded: the mean per-pixel image difference in [0, 1]
     units for two typical noise draws (train/losses.py, diversity_ratio). Trained generators reach 0.02-0.05."""
+    diversity_start: int = 0
+    """Training step from which the diversity term is on (weight 0 and no second noise draw before it): the
+    layout is learned first, then the images of one map are pushed apart (benchmarks/RESULTS.md, diversity)."""
     diversity_fraction: float = 0.25
     """Fraction of the batch generated a second time with other noise for the diversity term (cost vs signal)."""
 
@@ -141,6 +144,8 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "bf16"
     """Mixed precision on CUDA (ignored on the CPU)."""
     channels_last: bool = True
+    """Keep the generator and discriminator in NHWC memory format (CPU and GPU): the same math, faster
+    convolutions (benchmarks/RESULTS.md, training-step profile)."""
     grad_clip: float = 0.0
     """Clip gradient norms at this value; 0 turns clipping off."""
     device: str = "auto"
@@ -400,7 +405,7 @@ RANGES: list[tuple[str, float, float | None]] = [
     ("data.num_classes", 2, None), ("data.synthetic_length", 1, None), ("data.val_length", 1, None),
     ("data.num_workers", 0, None), ("loss.focal_gamma", 0, None), ("loss.labelmix", 0, None),
     ("loss.contrastive", 0, None), ("loss.contrastive_patches", 1, None), ("loss.contrastive_temperature", 1e-6, None),
-    ("loss.diversity", 0, None), ("loss.diversity_tau", 0, None), ("loss.diversity_fraction", 0, 1),
+    ("loss.diversity", 0, None), ("loss.diversity_tau", 0, None), ("loss.diversity_fraction", 0, 1), ("loss.diversity_start", 0, None),
     ("train.steps", 0, None), ("train.batch_size", 1, None), ("train.batch_per_gpu", 0, None),
     ("train.lr_g", 1e-12, None), ("train.lr_d", 1e-12, None), ("train.ema_decay", 0, 1), ("train.ema_start", 0, None),
     ("train.ema_bn_batches", 0, None),

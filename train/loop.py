@@ -343,7 +343,8 @@ class Trainer:
         first ``diversity_fraction`` of the batch and the first."""
         lc, ignore_id = self.cfg.loss, self.data.train_set.ignore_id
         n = real.shape[0]
-        k = max(1, int(round(n * lc.diversity_fraction))) if lc.diversity > 0 else 0
+        diverse = lc.diversity > 0 and self.state.step >= lc.diversity_start
+        k = max(1, int(round(n * lc.diversity_fraction))) if diverse else 0
         z1, z2 = self.sample_noise(n), self.sample_noise(k)
         labels = torch.cat([label, label[:k]])
         fakes = self.models.G(labels, torch.cat([z1, z2]))
@@ -369,14 +370,19 @@ class Trainer:
     def discriminator_loss(self, real: torch.Tensor, label: torch.Tensor, fake: torch.Tensor):
         """One micro-batch of the discriminator step: (loss, its terms)."""
         lc = self.cfg.loss
-        out_real, out_fake = self.models.D(real, real=True), self.models.D(fake)
-        loss_adv = losses.discriminator_loss(out_real.logits, out_fake.logits, label, lc.focal_gamma,
-                                             lc.class_balance, self.data.train_set.ignore_id)
-        loss_lm = real.new_zeros(())
+        n, images = real.shape[0], [real, fake]
         if lc.labelmix > 0:
             mask = losses.labelmix_mask(label, self.streams.mix)
-            mixed = mask * real + (1 - mask) * fake
-            loss_lm = losses.labelmix_loss(self.models.D(mixed).logits, out_real.logits, out_fake.logits, mask)
+            images.append(mask * real + (1 - mask) * fake)
+        # one pass over real, generated (and mixed) images: the same logits as one pass each (the discriminator
+        # treats images independently; its feature statistics are updated from the real ones only), and one
+        # large batch keeps 2 CPU cores busier than three small ones (benchmarks/RESULTS.md, profile)
+        logits = self.models.D(torch.cat(images), real=n).logits.split(n)
+        loss_adv = losses.discriminator_loss(logits[0], logits[1], label, lc.focal_gamma, lc.class_balance,
+                                             self.data.train_set.ignore_id)
+        loss_lm = real.new_zeros(())
+        if lc.labelmix > 0:
+            loss_lm = losses.labelmix_loss(logits[2], logits[0], logits[1], mask)
         loss = loss_adv + lc.labelmix * loss_lm
         return loss, {"loss_d": loss, "loss_d_adv": loss_adv, "loss_labelmix": loss_lm}
 
@@ -587,7 +593,7 @@ def setup(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
     G = Generator(num_classes, cfg.model.generator).to(device)
     # on resume the checkpoint holds the whole discriminator, frozen backbone included: no weights package needed
     D = Discriminator(num_classes, cfg.model.discriminator, load_weights=not resume).to(device)
-    if device.type == "cuda" and tc.channels_last:
+    if tc.channels_last:  # on the CPU too: oneDNN's convolutions are faster in NHWC (benchmarks/RESULTS.md, profile)
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = make_ema(G)
     info = GeneratorInfo(

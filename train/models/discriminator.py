@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,14 +57,25 @@ class FeatureConditioning(nn.Module):
     def _update(self, f: torch.Tensor) -> None:
         x = f.detach().float()
         mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # under torchrun every process takes the statistics of the whole global batch of real images (the
+            # processes hold equal shares), so all of them keep the same buffers, as one process would
+            moments = torch.stack([mean, var + mean * mean])
+            dist.all_reduce(moments)
+            moments /= dist.get_world_size()
+            mean, var = moments[0], (moments[1] - moments[0] * moments[0]).clamp_min(0)
         rate = 1.0 if int(self.updates) == 0 else self.momentum
         self.mean.lerp_(mean, rate)
         self.var.lerp_(var, rate)
         self.updates += 1
 
-    def forward(self, f: torch.Tensor, update: bool = False) -> torch.Tensor:
-        if update and self.training:
-            self._update(f)
+    def forward(self, f: torch.Tensor, update: bool | int = False) -> torch.Tensor:
+        """``update``: True updates the statistics from the whole batch, an int ``n`` from its first ``n`` images
+        (the real ones of a batch that also holds generated images), before the batch is standardised."""
+        if update is not False and self.training:
+            n = f.shape[0] if update is True else int(update)
+            if n > 0:
+                self._update(f[:n])
         scale = torch.rsqrt(self.var + self.eps).to(f.dtype).view(1, -1, 1, 1)
         value, gate = self.proj((f - self.mean.to(f.dtype).view(1, -1, 1, 1)) * scale).chunk(2, dim=1)
         return value * torch.sigmoid(gate)
@@ -190,9 +202,12 @@ class Discriminator(nn.Module):
         ids = {id(p) for p in self.backbone.parameters()}
         return [p for p in self.parameters() if p.requires_grad and ((id(p) in ids) == backbone)]
 
-    def forward(self, image: torch.Tensor, real: bool = False) -> DiscriminatorOutput:
+    def forward(self, image: torch.Tensor, real: bool | int = False) -> DiscriminatorOutput:
         """``real=True`` for a batch of real images: in train mode it updates the feature conditioning's
-        statistics (:class:`FeatureConditioning`)."""
+        statistics (:class:`FeatureConditioning`); ``real=n``: only the first ``n`` images are real (the training
+        step's one pass over real, generated and LabelMix images). Every other layer treats each image on its
+        own (frozen backbone in eval mode, GroupNorm in the decoder), so one pass over a concatenated batch gives
+        what separate passes give."""
         x = ((image + 1) * 0.5 - self.mean) / self.std
         # a frozen backbone needs no graph unless gradients must flow back to the image (generator step)
         with torch.set_grad_enabled(torch.is_grad_enabled() and (not self.frozen or image.requires_grad)):

@@ -1,0 +1,150 @@
+"""Distilled students against their from-scratch twins, several seeds, measured the same way.
+
+    python -m benchmarks.distill_study --teachers runs/tiny-s0 runs/tiny-s1 runs/tiny-s2 --out /tmp/study
+    python -m benchmarks.distill_study --teachers T0 T1 T2 --students synthetic-tiny-s4 synthetic-tiny-s16 --seeds 0
+
+For seed ``i`` (``--seeds``) and each student preset (``--students``), two runs go side by side, one torch thread
+each, for the same ``--minutes`` of training (``train.max_minutes``; their steps are whatever fits):
+
+- *distilled*: ``python -m train --config STUDENT --teacher TEACHERS[i]`` (train/distill.py), ``train.seed`` i;
+- *scratch*: the same preset and seed, no teacher (its usual losses).
+
+Side by side on one machine, the two get the same wall-clock under the same load. Then every run of a seed is
+evaluated with its teacher by ``python -m train.evaluate`` (one call: the same held-out maps, features and
+label-consistency classifier): FD and KID in ImageNet EfficientNet-Lite2 features, label consistency and pixel
+diversity, 64 held-out maps x 3 noise seeds; and against the teacher on the same maps and noise
+(``train.distill.fidelity``: PSNR and label consistency, noise seed 1234 + map index).
+
+Writes ``OUT/summary.json`` (every value per seed) and ``OUT/summary.md`` (mean ± standard deviation over seeds).
+A finished run is not trained again, so an interrupted study picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.ablation import evaluate
+
+
+def train_one(student: str, kind: str, seed: int, teacher: Path, out: Path, minutes: float, log) -> Path:
+    run = out / f"{student}-{kind}-s{seed}"
+    if (run / "checkpoints" / "last").exists():
+        log(f"[study] {run.name}: already trained")
+        return run
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "train", "--config", student, "--out", str(run), "--set", f"train.seed={seed}",
+           "train.steps=1000000", f"train.max_minutes={minutes}"]
+    if kind == "distilled":
+        cmd += ["--teacher", str(teacher)]
+    log(f"[study] {run.name}: training for {minutes} min")
+    with open(out / f"{run.name}.log", "w") as fh:
+        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return run
+
+
+def _metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def measure_seed(teacher: Path, runs: list[Path]) -> list[dict]:
+    """Evaluation of the teacher and its students in one call, and each student's fidelity to the teacher."""
+    import torch
+
+    from train.checkpoint import load_generator
+    from train.config import load_config
+    from train.data import build_dataset
+    from train.distill import fidelity
+    from train.macs import generator_cost
+
+    reports = evaluate([teacher, *runs], runs[0].parent / f"eval-{teacher.name}-{runs[0].name}.json",
+                       teacher / "config.yaml")
+    teacher_g, info = load_generator(teacher)
+    val_set = build_dataset(load_config(teacher / "config.yaml").data, "val")
+    rows = []
+    for i, (source, report) in enumerate(zip([teacher, *runs], reports)):
+        g, ginfo = (teacher_g, info) if i == 0 else load_generator(source)
+        m = report["metrics"]
+        row = {"run": str(source), "macs": generator_cost(ginfo.num_classes, ginfo.generator, ginfo.image_size)[0],
+               "fd": m.get("fid", {}).get("mean"), "kid": m.get("kid", {}).get("mean"),
+               "label_consistency": m["label_consistency"]["mean"], "pixel_diversity": m.get("pixel_diversity")}
+        rec = _metrics(source)
+        if rec:
+            row["steps"] = rec[-1]["step"]
+            row["minutes"] = round(rec[-1]["elapsed_s"] / 60, 2) if "elapsed_s" in rec[-1] else None
+        if i:
+            with torch.no_grad():
+                f = fidelity(g, teacher_g, val_set, 64, torch.device("cpu"))
+            row["psnr_to_teacher"] = f["psnr_db"]
+        rows.append(row)
+    return rows
+
+
+def _ms(values: list, digits: int) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+
+def summary_table(rows: dict[str, list[dict]]) -> str:
+    head = ["generator", "seeds", "MACs", "FD (Lite2)", "KID x1000", "label consistency", "pixel diversity",
+            "PSNR to teacher (dB)", "steps", "minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rs in rows.items():
+        def col(key, rs=rs):
+            return [r.get(key) for r in rs]
+        lines.append("| " + " | ".join([
+            name, str(len(rs)), f"{rs[0]['macs'] / 1e6:.0f} M", _ms(col("fd"), 1),
+            _ms([k * 1000 if k is not None else None for k in col("kid")], 1), _ms(col("label_consistency"), 3),
+            _ms(col("pixel_diversity"), 4), _ms(col("psnr_to_teacher"), 2), _ms(col("steps"), 0),
+            _ms(col("minutes"), 1)]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teachers", nargs="+", type=Path, required=True, help="finished teacher runs, one per seed")
+    p.add_argument("--students", nargs="+", default=["synthetic-tiny-s8"])
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="indices into --teachers (default: all)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training minutes of every student run")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = args.seeds if args.seeds is not None else list(range(len(args.teachers)))
+
+    def log(msg: str) -> None:
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    table: dict[str, list[dict]] = {"teacher": []}
+    for seed in seeds:
+        teacher = args.teachers[seed]
+        runs = []
+        for student in args.students:
+            with ThreadPoolExecutor(2) as pool:  # the twins side by side: the same wall-clock, the same load
+                runs += list(pool.map(train_one, [student] * 2, ["distilled", "scratch"], [seed] * 2, [teacher] * 2,
+                                      [args.out] * 2, [args.minutes] * 2, [log] * 2))
+        log(f"[study] seed {seed}: evaluating")
+        rows = measure_seed(teacher, runs)
+        table["teacher"].append(rows[0])
+        for run, row in zip(runs, rows[1:]):
+            student, kind = run.name.rsplit("-s", 1)[0].rsplit("-", 1)
+            table.setdefault(f"{student} {kind}", []).append(row)
+        (args.out / "summary.json").write_text(json.dumps(table, indent=2))
+        (args.out / "summary.md").write_text(summary_table(table) + "\n")
+        log(f"[study] seed {seed} done\n" + summary_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
