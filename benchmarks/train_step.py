@@ -89,14 +89,9 @@ def _bare(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def our_step(t: Trainer) -> dict[str, torch.Tensor]:
-    """One step as ``train.loop.train`` runs it (without ``after_step``'s scheduled work: see :func:`profile`)."""
-    tc = t.cfg.train
-    parts = t.next_batch()
-    terms_g, fakes = t.generator_step(parts)
-    terms_d = t.discriminator_step(parts, fakes)
-    update_ema(t.models.G_ema, _bare(t.models.G), ema_decay(tc.ema_decay, t.state.step, tc.ema_start))
-    t.state.step += 1
-    return {**terms_d, **terms_g}
+    """One step as ``train.loop.train`` runs it, :meth:`Trainer.step` (without ``after_step``'s scheduled work: see
+    :func:`profile`)."""
+    return t.step()
 
 
 # ---------------------------------------------------------------------------------------------- OASIS's step

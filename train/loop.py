@@ -213,12 +213,7 @@ def run_steps(t: Trainer) -> TrainResult:
     tc = t.cfg.train
     with t.session():
         while t.state.step < tc.steps:
-            parts = t.next_batch()
-            terms_g, fakes = t.generator_step(parts)
-            terms_d = t.discriminator_step(parts, fakes)
-            update_ema(t.models.G_ema, _unwrap(t.models.G), ema_decay(tc.ema_decay, t.state.step, tc.ema_start))
-            t.state.step += 1
-            if t.after_step({**terms_d, **terms_g}):
+            if t.after_step(t.step()):
                 break
     return TrainResult(t.run_dir, t.state.step, t.models.G_ema)
 
@@ -287,6 +282,17 @@ class Trainer:
     logger: Any = None
 
     # ------------------------------------------------------------------------------------- the step
+    def step(self) -> dict[str, torch.Tensor]:
+        """One training step: the next batch, the generator step (its fakes reused, detached, by the discriminator
+        step), the discriminator step, the EMA update. Returns the step's loss terms (for :meth:`after_step`)."""
+        tc = self.cfg.train
+        parts = self.next_batch()
+        terms_g, fakes = self.generator_step(parts)
+        terms_d = self.discriminator_step(parts, fakes)
+        update_ema(self.models.G_ema, _unwrap(self.models.G), ema_decay(tc.ema_decay, self.state.step, tc.ema_start))
+        self.state.step += 1
+        return {**terms_d, **terms_g}
+
     def next_batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The next (image, label) batch of this process, split into micro-batches."""
         real, label = next(self.batches)
