@@ -42,6 +42,9 @@ VARIANTS: dict[str, list[str]] = {
     # the layout first: no diversity term for 300 steps, then 4x or 6x the preset's weight
     "diversity-x4-late": ["loss.diversity=4.0", "loss.diversity_start=300"],
     "diversity-x6-late": ["loss.diversity=6.0", "loss.diversity_start=300"],
+    # the same, with the term capped where seeds differ enough to see (0.04 of the value range per pixel)
+    "diversity-x4-late-cap": ["loss.diversity=4.0", "loss.diversity_start=300", "loss.diversity_tau=0.04"],
+    "diversity-x3-late-cap": ["loss.diversity=3.0", "loss.diversity_start=300", "loss.diversity_tau=0.04"],
 }
 
 

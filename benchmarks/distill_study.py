@@ -1,13 +1,15 @@
 """Distilled students against their from-scratch twins, several seeds, measured the same way.
 
     python -m benchmarks.distill_study --teachers runs/tiny-s0 runs/tiny-s1 runs/tiny-s2 --out /tmp/study
-    python -m benchmarks.distill_study --teachers T0 T1 T2 --students synthetic-tiny-s4 synthetic-tiny-s16 --seeds 0
+    python -m benchmarks.distill_study --teachers T0 T1 T2 --students synthetic-tiny-s4 synthetic-tiny-s16 --seeds 0 --steps 300
 
 For seed ``i`` (``--seeds``) and each student preset (``--students``), two runs go side by side, one torch thread
-each, for the same ``--minutes`` of training (``train.max_minutes``; their steps are whatever fits):
+each:
 
-- *distilled*: ``python -m train --config STUDENT --teacher TEACHERS[i]`` (train/distill.py), ``train.seed`` i;
-- *scratch*: the same preset and seed, no teacher (its usual losses).
+- *distilled*: ``python -m train --config STUDENT --teacher TEACHERS[i]`` (train/distill.py), ``train.seed`` i,
+  ``--steps`` steps (default 600, the teacher's schedule);
+- *scratch*: the same preset and seed, no teacher (its usual losses), stopped (Ctrl-C, which checkpoints the step
+  it is at) when the distillation ends.
 
 Side by side on one machine, the two get the same wall-clock under the same load. Then every run of a seed is
 evaluated with its teacher by ``python -m train.evaluate`` (one call: the same held-out maps, features and
@@ -24,30 +26,50 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.ablation import evaluate
 
 
-def train_one(student: str, kind: str, seed: int, teacher: Path, out: Path, minutes: float, log) -> Path:
-    run = out / f"{student}-{kind}-s{seed}"
-    if (run / "checkpoints" / "last").exists():
-        log(f"[study] {run.name}: already trained")
-        return run
+def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, log) -> list[Path]:
+    """The distilled run (``steps`` steps) and its from-scratch twin side by side, one torch thread each; the twin
+    is stopped (Ctrl-C: it checkpoints that step) when the distilled run ends, so both had the same wall-clock
+    under the same load."""
+    runs = [out / f"{student}-{kind}-s{seed}" for kind in ("distilled", "scratch")]
+    if all((run / "checkpoints" / "last").exists() for run in runs):
+        log(f"[study] {student} seed {seed}: already trained")
+        return runs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "train", "--config", student, "--out", str(run), "--set", f"train.seed={seed}",
-           "train.steps=1000000", f"train.max_minutes={minutes}"]
-    if kind == "distilled":
-        cmd += ["--teacher", str(teacher)]
-    log(f"[study] {run.name}: training for {minutes} min")
-    with open(out / f"{run.name}.log", "w") as fh:
-        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    return run
+    base = [sys.executable, "-m", "train", "--config", student, "--set", f"train.seed={seed}", "train.max_minutes=0"]
+    cmds = [base + [f"train.steps={steps}", "--teacher", str(teacher), "--out", str(runs[0])],
+            base + ["train.steps=1000000", "--out", str(runs[1])]]
+    for run in runs:
+        if run.exists():  # a pair is trained together or not at all: an interrupted pair starts again
+            import shutil
+
+            shutil.rmtree(run)
+    log(f"[study] {student} seed {seed}: distilling {steps} steps beside the from-scratch twin")
+    logs = [open(out / f"{run.name}.log", "w") for run in runs]
+    t0 = time.time()
+    try:
+        procs = [subprocess.Popen(c, stdout=fh, stderr=subprocess.STDOUT, env=env) for c, fh in zip(cmds, logs)]
+        if procs[0].wait() != 0:
+            procs[1].kill()
+            raise RuntimeError(f"the distillation {runs[0]} failed: see {logs[0].name}")
+        procs[1].send_signal(signal.SIGINT)  # the twin checkpoints the step it is at and stops
+        if procs[1].wait(timeout=600) != 0:
+            raise RuntimeError(f"the from-scratch twin {runs[1]} failed: see {logs[1].name}")
+        for run in runs:  # wall-clock of the pair, start-up included (an interrupted run logs no last record)
+            (run / "study.json").write_text(json.dumps({"minutes": round((time.time() - t0) / 60, 2)}))
+    finally:
+        for fh in logs:
+            fh.close()
+    return runs
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -76,10 +98,14 @@ def measure_seed(teacher: Path, runs: list[Path]) -> list[dict]:
         row = {"run": str(source), "macs": generator_cost(ginfo.num_classes, ginfo.generator, ginfo.image_size)[0],
                "fd": m.get("fid", {}).get("mean"), "kid": m.get("kid", {}).get("mean"),
                "label_consistency": m["label_consistency"]["mean"], "pixel_diversity": m.get("pixel_diversity")}
-        rec = _metrics(source)
-        if rec:
-            row["steps"] = rec[-1]["step"]
-            row["minutes"] = round(rec[-1]["elapsed_s"] / 60, 2) if "elapsed_s" in rec[-1] else None
+        from train.checkpoint import last_checkpoint
+
+        row["steps"] = json.loads((last_checkpoint(source) / "state.json").read_text())["step"]
+        rec, pair = _metrics(source), source / "study.json"
+        if pair.exists():
+            row["minutes"] = json.loads(pair.read_text())["minutes"]
+        elif rec and "elapsed_s" in rec[-1]:  # the teacher: its own training time
+            row["minutes"] = round(rec[-1]["elapsed_s"] / 60, 2)
         if i:
             with torch.no_grad():
                 f = fidelity(g, teacher_g, val_set, 64, torch.device("cpu"))
@@ -117,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teachers", nargs="+", type=Path, required=True, help="finished teacher runs, one per seed")
     p.add_argument("--students", nargs="+", default=["synthetic-tiny-s8"])
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="indices into --teachers (default: all)")
-    p.add_argument("--minutes", type=float, default=8.0, help="training minutes of every student run")
+    p.add_argument("--steps", type=int, default=600, help="steps of each distillation (default 600, the teacher's)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = args.teachers[seed]
         runs = []
         for student in args.students:
-            with ThreadPoolExecutor(2) as pool:  # the twins side by side: the same wall-clock, the same load
-                runs += list(pool.map(train_one, [student] * 2, ["distilled", "scratch"], [seed] * 2, [teacher] * 2,
-                                      [args.out] * 2, [args.minutes] * 2, [log] * 2))
+            runs += train_pair(student, seed, teacher, args.out, args.steps, log)
         log(f"[study] seed {seed}: evaluating")
         rows = measure_seed(teacher, runs)
         table["teacher"].append(rows[0])

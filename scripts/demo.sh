@@ -39,8 +39,8 @@ echo
 echo "generated.png shows, left to right: the example label map (each colour a class), then the INT8 artifact's"
 echo "images of that map for seeds 0, 1, 2 and 3 (64x64 each, shown 4x larger). The layout and each region's class"
 echo "come from the label map; only the seed's noise, injected through cross-attention, differs between them (by how"
-echo "much: the 'differ by' line above). At the preset's diversity weight the seeds differ little; for visibly"
-echo "different images train with --set loss.diversity=4 (README: its cost in label consistency, 3 seeds)."
+echo "much: the 'differ by' line above; the preset's diversity term, on from step 300, asks for about 0.04 of the"
+echo "value range per pixel). Stripe phase and shading change with the seed; classes and layout do not."
 # a loaded machine can reach the preset's time cap (train.max_minutes) before the last step: say so, and how to go on
 DONE="$("$PY" - "$RUN" <<'PY'
 import sys, yaml

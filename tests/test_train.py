@@ -57,14 +57,18 @@ def test_twenty_steps_losses_move_and_checkpoint_reloads_exactly(tmp_path):
 
 
 def test_resume_continues_the_same_run_bit_exactly(tmp_path):
-    straight = train(tiny_cfg(20), tmp_path / "straight")
-    train(tiny_cfg(10), tmp_path / "split")
-    resumed = train(tiny_cfg(20), tmp_path / "split", resume=True)
-    assert resumed.step == 20
+    # 12 steps, split at 6: the diversity term starts at step 8, after the resume, so its switch is covered too
+    extra = ("loss.diversity_start=8",)
+    straight = train(tiny_cfg(12, *extra), tmp_path / "straight")
+    train(tiny_cfg(6, *extra), tmp_path / "split")
+    resumed = train(tiny_cfg(12, *extra), tmp_path / "split", resume=True)
+    assert resumed.step == 12
     a, b = straight.generator_ema.state_dict(), resumed.generator_ema.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
-    assert [r["loss_d"] for r in read_metrics(tmp_path / "straight")][2:] == [r["loss_d"] for r in read_metrics(tmp_path / "split")][2:]
+    recs = [read_metrics(tmp_path / run) for run in ("straight", "split")]
+    assert [r["step"] for r in recs[0]] == [5, 10, 12] and [r["step"] for r in recs[1]] == [5, 6, 10, 12]
+    assert [r["loss_d"] for r in recs[0]][1:] == [r["loss_d"] for r in recs[1]][2:]
 
 
 # ``python -m train`` with SIGINT delivered to its own process while step K computes (argv[1] = K): the signal
