@@ -13,7 +13,7 @@ OUT="outputs"
 
 bash scripts/setup.sh train,pretrained,onnx,openvino,runtime
 
-echo "[demo] 1/3 training the synthetic-tiny preset (5 to 15 minutes on 2 CPU cores, depending on the CPU)"
+echo "[demo] 1/3 training the synthetic-tiny preset (about 5 minutes on 2 cores of an AVX-512 CPU, longer on older ones)"
 if [ -f "$RUN/checkpoints/last" ]; then
   "$PY" -m train --resume "$RUN" "$@"
 else
