@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -33,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.ablation import evaluate
+from benchmarks.ablation import _metrics, evaluate
 
 
 def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, log) -> list[Path]:
@@ -50,8 +51,6 @@ def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, lo
             base + ["train.steps=1000000", "--out", str(runs[1])]]
     for run in runs:
         if run.exists():  # a pair is trained together or not at all: an interrupted pair starts again
-            import shutil
-
             shutil.rmtree(run)
     log(f"[study] {student} seed {seed}: distilling {steps} steps beside the from-scratch twin")
     logs = [open(out / f"{run.name}.log", "w") for run in runs]
@@ -72,16 +71,11 @@ def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, lo
     return runs
 
 
-def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def measure_seed(teacher: Path, runs: list[Path]) -> list[dict]:
     """Evaluation of the teacher and its students in one call, and each student's fidelity to the teacher."""
     import torch
 
-    from train.checkpoint import load_generator
+    from train.checkpoint import last_checkpoint, load_generator
     from train.config import load_config
     from train.data import build_dataset
     from train.distill import fidelity
@@ -98,13 +92,11 @@ def measure_seed(teacher: Path, runs: list[Path]) -> list[dict]:
         row = {"run": str(source), "macs": generator_cost(ginfo.num_classes, ginfo.generator, ginfo.image_size)[0],
                "fd": m.get("fid", {}).get("mean"), "kid": m.get("kid", {}).get("mean"),
                "label_consistency": m["label_consistency"]["mean"], "pixel_diversity": m.get("pixel_diversity")}
-        from train.checkpoint import last_checkpoint
-
         row["steps"] = json.loads((last_checkpoint(source) / "state.json").read_text())["step"]
-        rec, pair = _metrics(source), source / "study.json"
+        pair = source / "study.json"
         if pair.exists():
             row["minutes"] = json.loads(pair.read_text())["minutes"]
-        elif rec and "elapsed_s" in rec[-1]:  # the teacher: its own training time
+        elif (rec := _metrics(source)) and "elapsed_s" in rec[-1]:  # the teacher: its own training time
             row["minutes"] = round(rec[-1]["elapsed_s"] / 60, 2)
         if i:
             with torch.no_grad():

@@ -27,6 +27,7 @@ reaches. Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import json
@@ -53,15 +54,35 @@ DEFAULT_ARTIFACTS = ["torch:fp32", "onnx:fp32", "onnx:int8", "openvino:fp32", "o
 # ------------------------------------------------------------------------------------------------ device facts
 
 
+@functools.cache
+def cpu_info() -> str | None:
+    """/proc/cpuinfo, read once (None where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def cpu_flags() -> set[str]:
+    """The first CPU's instruction-set flags from /proc/cpuinfo (empty where there are none)."""
+    found = re.search(r"^flags\s*:\s*(.*)$", cpu_info() or "", re.M)
+    return set(found.group(1).split()) if found else set()
+
+
+def cpu_model(default: str = "CPU") -> str:
+    """The first CPU's model name from /proc/cpuinfo (``default`` where there is none)."""
+    found = re.search(r"^model name\s*:\s*(.*)$", cpu_info() or "", re.M)
+    return found.group(1).strip() if found else default
+
+
 def cpu_peak_gflops() -> tuple[float | None, str]:
     """Estimated FP32 peak of this process's CPUs: cores x clock x FLOP/cycle (2 FMA units: AVX-512 64, AVX2 32)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = cpu_info()
+    if info is None:
         return None, "unknown CPU"
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    flags = cpu_flags()
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
-    model = (re.search(r"^model name\s*:\s*(.*)$", info, re.M) or [None, "CPU"])[1]
+    model = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
     if not mhz:
@@ -385,11 +406,7 @@ def int8_speedup() -> int:
     """INT8 operations per FP32 FLOP of this CPU's vector units: 4 with VNNI (one dot-product instruction does 4
     int8 multiply-adds per 32-bit lane), 2 without (pairs through 16-bit multiply-adds). An estimate for the
     "share of the int8 peak" column, as :func:`cpu_peak_gflops` is for the FP32 peak."""
-    try:
-        flags = set(re.search(r"^flags\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    except (OSError, AttributeError):
-        return 2
-    return 4 if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else 2
+    return 4 if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else 2
 
 
 def row_entry(model: str, backend: str, batch: int, call, macs: int, device: str, **extra: Any) -> dict[str, Any]:

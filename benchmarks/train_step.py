@@ -35,7 +35,6 @@ import io
 import json
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -214,13 +213,9 @@ def spread(ms: list[float]) -> dict[str, float]:
 
 def machine() -> dict[str, Any]:
     """CPU model and the vector/matrix extensions torch's kernels pick from, threads, versions."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    with contextlib.suppress(OSError):
-        info = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-        model = found.group(1).strip() if found else model
-        found = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-        flags = set(found.group(1).split()) if found else set()
+    from benchmarks.run import cpu_flags, cpu_model
+
+    model, flags = cpu_model(platform.processor() or "unknown CPU"), cpu_flags()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {"cpu": model, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average_1_5_15_min": [round(v, 2) for v in load],
