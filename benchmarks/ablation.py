@@ -107,12 +107,14 @@ def evaluate(paths: list[Path], out_json: Path, data_cfg: Path) -> list[dict]:
     return data if isinstance(data, list) else [data]
 
 
-def _ms(values: list[float], digits: int = 3) -> str:
+def _ms(values: list[float | None], digits: int = 3) -> str:
+    """Mean ± population standard deviation of the values that are not None; one value alone; "-" for none."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
 
 
 def summarise(results: dict[str, list[dict]], steps_shown: list[int], target: float) -> tuple[dict, str]:

@@ -28,13 +28,12 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.ablation import _metrics, evaluate
+from benchmarks.ablation import _metrics, _ms, evaluate
 
 
 def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, log) -> list[Path]:
@@ -104,14 +103,6 @@ def measure_seed(teacher: Path, runs: list[Path]) -> list[dict]:
             row["psnr_to_teacher"] = f["psnr_db"]
         rows.append(row)
     return rows
-
-
-def _ms(values: list, digits: int) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
 
 
 def summary_table(rows: dict[str, list[dict]]) -> str:

@@ -18,6 +18,21 @@ CHECKOUT_OUTPUTS = ("runs", "artifacts", "outputs")
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist (scripts/test.sh runs ``-n auto``), each worker takes its share of the cores for torch's
+    and OpenMP's threads instead of all of them, so that N workers do not run N times the cores' threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        import torch
+
+        torch.set_num_threads(share)
+
+
+_share_the_cores()
+
+
 def _checkout_outputs() -> set[str]:
     return {f"{top}/{entry.name}" if entry else top
             for top in CHECKOUT_OUTPUTS if (ROOT / top).is_dir()

@@ -390,3 +390,87 @@ def test_train_step_refuses_bad_arguments_before_any_work(args, words, capsys, t
         code = e.code
     assert code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ distill_study
+
+#: stands in for ``python -m train`` in benchmarks.distill_study: a distillation (``--teacher``) writes its last
+#: checkpoint and exits (or fails when the student is "broken"); a from-scratch run trains until Ctrl-C, then
+#: checkpoints and exits 0, as the training loop does
+FAKE_TRAIN = '''
+import pathlib, signal, sys, time
+args = sys.argv[1:]
+out = pathlib.Path(args[args.index("--out") + 1])
+student = args[args.index("--config") + 1]
+(out / "checkpoints").mkdir(parents=True)
+log = pathlib.Path(sys.argv[0]).with_name("calls.txt")
+with log.open("a") as fh:
+    fh.write(out.name + "\\n")
+if "--teacher" in args:
+    time.sleep(0.5)
+    if student == "broken":
+        sys.exit(3)
+    (out / "checkpoints" / "last").write_text("step_0000004")
+    sys.exit(0)
+def stop(*_):
+    (out / "checkpoints" / "last").write_text("step_0000002")
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)
+while True:
+    time.sleep(0.05)
+'''
+
+
+def _fake_python(tmp_path, monkeypatch):
+    bindir = tmp_path / "fake"
+    bindir.mkdir()
+    (bindir / "train_stub.py").write_text(FAKE_TRAIN)
+    py = bindir / "python"  # ``python -m train ARGS`` -> the stub with ARGS
+    py.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {bindir / 'train_stub.py'} \"$@\"\n")
+    py.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(py))
+    return bindir / "calls.txt"
+
+
+def test_distill_study_stops_the_twin_when_the_distillation_ends_and_does_not_retrain(tmp_path, monkeypatch):
+    from benchmarks.distill_study import train_pair
+
+    calls = _fake_python(tmp_path, monkeypatch)
+    out, logged = tmp_path / "study", []
+    out.mkdir()
+    runs = train_pair("tiny-s8", 0, tmp_path / "teacher", out, 4, logged.append)
+    assert [r.name for r in runs] == ["tiny-s8-distilled-s0", "tiny-s8-scratch-s0"]
+    # the twin was interrupted (its Ctrl-C handler checkpointed), both got the pair's wall-clock
+    assert (runs[0] / "checkpoints" / "last").read_text() == "step_0000004"
+    assert (runs[1] / "checkpoints" / "last").read_text() == "step_0000002"
+    minutes = [json.loads((r / "study.json").read_text())["minutes"] for r in runs]
+    assert minutes[0] == minutes[1] > 0
+    assert sorted(calls.read_text().split()) == sorted(r.name for r in runs)
+    # a finished pair is not trained again
+    assert train_pair("tiny-s8", 0, tmp_path / "teacher", out, 4, logged.append) == runs
+    assert len(calls.read_text().split()) == 2 and "already trained" in logged[-1]
+
+
+def test_distill_study_a_failed_distillation_stops_its_twin_and_says_where_the_log_is(tmp_path, monkeypatch):
+    from benchmarks.distill_study import train_pair
+
+    _fake_python(tmp_path, monkeypatch)
+    out = tmp_path / "study"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="broken-distilled-s1.log"):
+        train_pair("broken", 1, tmp_path / "teacher", out, 4, print)
+    assert not (out / "broken-scratch-s1" / "study.json").exists()
+
+
+def test_distill_study_table_gives_mean_and_spread_over_seeds():
+    from benchmarks.distill_study import summary_table
+
+    rows = {"teacher": [{"macs": 281e6, "fd": 50.0, "kid": 0.02, "label_consistency": 0.9, "pixel_diversity": 0.02,
+                         "steps": 600, "minutes": 10.0},
+                        {"macs": 281e6, "fd": 60.0, "kid": 0.04, "label_consistency": 0.92, "pixel_diversity": 0.02,
+                         "steps": 600, "minutes": 12.0}],
+            "s8 distilled": [{"macs": 38e6, "fd": 80.0, "kid": None, "label_consistency": 0.91,
+                              "pixel_diversity": 0.004, "psnr_to_teacher": 21.0, "steps": 600, "minutes": 30.0}]}
+    lines = summary_table(rows).splitlines()
+    assert lines[2].split(" | ")[:6] == ["| teacher", "2", "281 M", "55.0 ± 5.0", "30.0 ± 10.0", "0.910 ± 0.010"]
+    assert lines[3].split(" | ")[1:8] == ["1", "38 M", "80.0", "-", "0.910", "0.0040", "21.00"]

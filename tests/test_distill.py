@@ -48,7 +48,7 @@ def read_metrics(run):
 def test_resumed_distillation_continues_exactly(tmp_path, teacher_run):
     """Student, EMA, discriminator and adapters after 1 + 2 steps (checkpoint, new process state, resume) are the
     weights of 3 uninterrupted steps; the logged losses are the same."""
-    extra = ("train.log_every=1", "distill.feature_mode=adapter")  # the mode with trained state of its own
+    extra = ("train.log_every=1", "distill.feature_mode=adapter", "distill.noise=1")  # adapters: trained state
     straight = distill(student_cfg(teacher_run, 3, *extra), tmp_path / "straight")
     distill(student_cfg(teacher_run, 1, *extra), tmp_path / "split")
     torch.manual_seed(123)  # a resumed process starts from other random state: the checkpoint must restore it
@@ -69,7 +69,7 @@ def test_resumed_distillation_continues_exactly(tmp_path, teacher_run):
     logged = [{k: v for k, v in r.items() if k not in skip} for r in read_metrics(tmp_path / "straight")]
     again = [{k: v for k, v in r.items() if k not in skip} for r in read_metrics(tmp_path / "split")]
     assert logged == again and len(logged) == 3
-    assert {"distill_l1", "distill_perceptual", "distill_feature", "loss_g_adv"} <= set(logged[-1])
+    assert {"distill_l1", "distill_perceptual", "distill_feature", "distill_noise", "loss_g_adv"} <= set(logged[-1])
 
 
 def test_the_student_starts_from_the_teacher_discriminator_and_records_its_teacher(tmp_path, teacher_run):
@@ -106,20 +106,21 @@ def _terms(teacher, student, disc, mode, adapters=None):
         adapters = make_adapters(stage_channels(student), stage_channels(teacher))
     g = torch.Generator().manual_seed(0)
     label = torch.randint(0, 8, (2, 32, 32), generator=g)
-    noise = torch.randn(2, *teacher.noise_shape, generator=g)
+    label = torch.cat([label, label[:1]])  # the first map again under a second noise draw (distill_noise)
+    noise = torch.randn(3, *teacher.noise_shape, generator=g)
     with torch.no_grad():
         with taps_s.capture() as fs:
             s_img = student(label, noise)
         with taps_t.capture() as ft:
             t_img = teacher(label, noise)
-        return distill_terms(s_img, t_img, fs, ft, disc, adapters, mode), fs, ft
+        return distill_terms(s_img, t_img, fs, ft, disc, adapters, mode, pairs=1), fs, ft
 
 
 @pytest.mark.parametrize("mode", ["adapter", "kernel-alignment"])
 def test_every_term_is_zero_for_the_teacher_itself_and_positive_for_another_student(teacher_run, mode):
     teacher, same, disc = _pair(teacher_run)
     terms, _, _ = _terms(teacher, same, disc, mode)
-    assert set(terms) == {"distill_l1", "distill_perceptual", "distill_feature"}
+    assert set(terms) == {"distill_l1", "distill_perceptual", "distill_feature", "distill_noise"}
     for k, v in terms.items():
         assert float(v) == pytest.approx(0.0, abs=1e-5), k
     torch.manual_seed(1)

@@ -194,6 +194,10 @@ class DistillConfig:
     measurement on synthetic-tiny (benchmarks/RESULTS.md, 2026-12-07)."""
     feature_levels: list[int] | None = None
     """Image-branch stages (0 = lowest resolution) whose outputs are distilled; None: every stage."""
+    noise: float = 0.0
+    """L1 between the student's and the teacher's change of image between two noise draws of one map (the
+    teacher's noise response; train/distill.py, distill_terms). Costs a second pass of both generators over
+    ``loss.diversity_fraction`` of the batch."""
     adversarial: float = 1.0
     """The N+1 adversarial loss against a discriminator that starts from the teacher run's discriminator."""
     fidelity_samples: int = 64
@@ -412,7 +416,7 @@ RANGES: list[tuple[str, float, float | None]] = [
     ("train.grad_clip", 0, None), ("train.log_every", 1, None), ("train.sample_every", 1, None),
     ("train.ckpt_every", 1, None), ("train.eval_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.max_minutes", 0, None), ("eval.label_consistency_samples", 1, None), ("eval.sample_maps", 1, None),
-    ("distill.l1", 0, None), ("distill.perceptual", 0, None), ("distill.feature", 0, None),
+    ("distill.l1", 0, None), ("distill.perceptual", 0, None), ("distill.feature", 0, None), ("distill.noise", 0, None),
     ("distill.adversarial", 0, None), ("distill.fidelity_samples", 1, None),
 ]
 

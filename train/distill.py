@@ -248,9 +248,13 @@ def kernel_alignment_loss(student: list[torch.Tensor], teacher: list[torch.Tenso
 
 def distill_terms(student_image: torch.Tensor, teacher_image: torch.Tensor, student_features: list[torch.Tensor],
                   teacher_features: list[torch.Tensor], discriminator: nn.Module, adapters: nn.ModuleList | None,
-                  feature_mode: str) -> dict[str, torch.Tensor]:
+                  feature_mode: str, pairs: int = 0) -> dict[str, torch.Tensor]:
     """The distillation terms (unweighted) of one batch: ``distill_l1``, ``distill_perceptual``,
-    ``distill_feature``. Each is zero when the student is the teacher."""
+    ``distill_feature``, ``distill_noise``. Each is zero when the student is the teacher.
+
+    ``pairs``: the batch's last ``pairs`` images are the first ``pairs`` maps again under a second noise draw;
+    ``distill_noise`` is then the L1 between the student's and the teacher's change of image between the two draws
+    (the teacher's response to noise, which per-image targets alone let a small student average away), else 0."""
     with torch.no_grad():
         target = backbone_features(discriminator, teacher_image)
     perceptual = perceptual_loss(backbone_features(discriminator, student_image), target)
@@ -260,8 +264,13 @@ def distill_terms(student_image: torch.Tensor, teacher_image: torch.Tensor, stud
         feature = adapter_loss(student_features, teacher_features, adapters)
     else:
         feature = kernel_alignment_loss(student_features, teacher_features)
-    return {"distill_l1": (student_image.float() - teacher_image.float()).abs().mean(),
-            "distill_perceptual": perceptual, "distill_feature": feature}
+    s, t = student_image.float(), teacher_image.float()
+    noise = s.new_zeros(())
+    if pairs:
+        n = s.shape[0] - pairs
+        noise = ((s[:pairs] - s[n:]) - (t[:pairs] - t[n:])).abs().mean()
+    return {"distill_l1": (s - t).abs().mean(), "distill_perceptual": perceptual, "distill_feature": feature,
+            "distill_noise": noise}
 
 
 # ------------------------------------------------------------------------------------------ the trainer
@@ -279,19 +288,34 @@ class DistillTrainer(Trainer):
     teacher_taps: FeatureTaps | None = None
 
     def generator_loss(self, real: torch.Tensor, label: torch.Tensor, d_bare: nn.Module):
-        """One micro-batch: the student and the teacher on the same maps and noise; (loss, terms, fakes)."""
+        """One micro-batch: the student and the teacher on the same maps and noise; (loss, terms, fakes).
+
+        With ``distill.noise`` or the student's own diversity term (``loss.diversity`` from
+        ``loss.diversity_start``), the first ``loss.diversity_fraction`` of the maps go through both generators
+        a second time under other noise: the noise-response term compares the two changes of image, the
+        diversity term is the training loop's."""
         dc, lc = self.cfg.distill, self.cfg.loss
-        noise = self.sample_noise(real.shape[0])
+        n = real.shape[0]
+        diverse = lc.diversity > 0 and self.state.step >= lc.diversity_start
+        k = max(1, int(round(n * lc.diversity_fraction))) if diverse or dc.noise > 0 else 0
+        z1, z2 = self.sample_noise(n), self.sample_noise(k)
+        labels, noise = torch.cat([label, label[:k]]), torch.cat([z1, z2])
         with self.student_taps.capture() as student_features:
-            fake = self.models.G(label, noise)
+            fakes = self.models.G(labels, noise)
         with torch.no_grad(), self.teacher_taps.capture() as teacher_features:
-            target = self.teacher.generator(label, noise)
-        loss_adv = losses.focal_n1_loss(d_bare(fake).logits, label, True, lc.focal_gamma, lc.class_balance,
+            target = self.teacher.generator(labels, noise)
+        loss_adv = losses.focal_n1_loss(d_bare(fakes).logits, labels, True, lc.focal_gamma, lc.class_balance,
                                         self.data.train_set.ignore_id)
-        terms = distill_terms(fake, target, student_features, teacher_features, d_bare, self.adapters, dc.feature_mode)
+        terms = distill_terms(fakes, target, student_features, teacher_features, d_bare, self.adapters,
+                              dc.feature_mode, pairs=k)
         loss = (dc.adversarial * loss_adv + dc.l1 * terms["distill_l1"] + dc.perceptual * terms["distill_perceptual"]
-                + dc.feature * terms["distill_feature"])
-        return loss, {"loss_g": loss, "loss_g_adv": loss_adv, **terms}, fake.detach()
+                + dc.feature * terms["distill_feature"] + dc.noise * terms["distill_noise"])
+        if diverse:
+            ratio = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2)
+            terms["loss_diversity"] = losses.capped_diversity(ratio, lc.diversity_tau)
+            terms["diversity_ratio"] = ratio.detach().mean()
+            loss = loss + lc.diversity * terms["loss_diversity"]
+        return loss, {"loss_g": loss, "loss_g_adv": loss_adv, **terms}, fakes[:n].detach()
 
     def generator_step(self, parts):
         if self.opt_a is None:
