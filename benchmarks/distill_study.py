@@ -36,16 +36,17 @@ from pathlib import Path
 from benchmarks.ablation import _metrics, _ms, evaluate
 
 
-def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, log) -> list[Path]:
+def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, log,
+               overrides: tuple[str, ...] = ()) -> list[Path]:
     """The distilled run (``steps`` steps) and its from-scratch twin side by side, one torch thread each; the twin
     is stopped (Ctrl-C: it checkpoints that step) when the distilled run ends, so both had the same wall-clock
-    under the same load."""
+    under the same load. ``overrides``: ``KEY=VALUE`` settings for both runs."""
     runs = [out / f"{student}-{kind}-s{seed}" for kind in ("distilled", "scratch")]
     if all((run / "checkpoints" / "last").exists() for run in runs):
         log(f"[study] {student} seed {seed}: already trained")
         return runs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "train", "--config", student, "--set", f"train.seed={seed}", "train.max_minutes=0"]
+    base = [sys.executable, "-m", "train", "--config", student, "--set", f"train.seed={seed}", "train.max_minutes=0", *overrides]
     cmds = [base + [f"train.steps={steps}", "--teacher", str(teacher), "--out", str(runs[0])],
             base + ["train.steps=1000000", "--out", str(runs[1])]]
     for run in runs:
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--students", nargs="+", default=["synthetic-tiny-s8"])
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="indices into --teachers (default: all)")
     p.add_argument("--steps", type=int, default=600, help="steps of each distillation (default 600, the teacher's)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="settings for both runs of each pair, as train's --set (e.g. train.keep_checkpoints=8)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = args.teachers[seed]
         runs = []
         for student in args.students:
-            runs += train_pair(student, seed, teacher, args.out, args.steps, log)
+            runs += train_pair(student, seed, teacher, args.out, args.steps, log, tuple(args.overrides))
         log(f"[study] seed {seed}: evaluating")
         rows = measure_seed(teacher, runs)
         table["teacher"].append(rows[0])

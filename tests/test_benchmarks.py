@@ -403,6 +403,7 @@ args = sys.argv[1:]
 out = pathlib.Path(args[args.index("--out") + 1])
 student = args[args.index("--config") + 1]
 (out / "checkpoints").mkdir(parents=True)
+(out / "args.txt").write_text(" ".join(args))
 log = pathlib.Path(sys.argv[0]).with_name("calls.txt")
 with log.open("a") as fh:
     fh.write(out.name + "\\n")
@@ -438,7 +439,7 @@ def test_distill_study_stops_the_twin_when_the_distillation_ends_and_does_not_re
     calls = _fake_python(tmp_path, monkeypatch)
     out, logged = tmp_path / "study", []
     out.mkdir()
-    runs = train_pair("tiny-s8", 0, tmp_path / "teacher", out, 4, logged.append)
+    runs = train_pair("tiny-s8", 0, tmp_path / "teacher", out, 4, logged.append, ("distill.noise=10",))
     assert [r.name for r in runs] == ["tiny-s8-distilled-s0", "tiny-s8-scratch-s0"]
     # the twin was interrupted (its Ctrl-C handler checkpointed), both got the pair's wall-clock
     assert (runs[0] / "checkpoints" / "last").read_text() == "step_0000004"
@@ -446,6 +447,9 @@ def test_distill_study_stops_the_twin_when_the_distillation_ends_and_does_not_re
     minutes = [json.loads((r / "study.json").read_text())["minutes"] for r in runs]
     assert minutes[0] == minutes[1] > 0
     assert sorted(calls.read_text().split()) == sorted(r.name for r in runs)
+    args = [(r / "args.txt").read_text().split() for r in runs]
+    assert all("distill.noise=10" in a and "train.seed=0" in a for a in args)  # --set reaches both runs
+    assert "--teacher" in args[0] and "--teacher" not in args[1]
     # a finished pair is not trained again
     assert train_pair("tiny-s8", 0, tmp_path / "teacher", out, 4, logged.append) == runs
     assert len(calls.read_text().split()) == 2 and "already trained" in logged[-1]
