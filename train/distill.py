@@ -296,8 +296,8 @@ class DistillTrainer(Trainer):
         diversity term is the training loop's."""
         dc, lc = self.cfg.distill, self.cfg.loss
         n = real.shape[0]
-        diverse = lc.diversity > 0 and self.state.step >= lc.diversity_start
-        k = max(1, int(round(n * lc.diversity_fraction))) if diverse or dc.noise > 0 else 0
+        diverse = self.diversity_on()
+        k = self.second_draw_size(n, diverse or dc.noise > 0)
         z1, z2 = self.sample_noise(n), self.sample_noise(k)
         labels, noise = torch.cat([label, label[:k]]), torch.cat([z1, z2])
         with self.student_taps.capture() as student_features:
@@ -308,13 +308,10 @@ class DistillTrainer(Trainer):
                                         self.data.train_set.ignore_id)
         terms = distill_terms(fakes, target, student_features, teacher_features, d_bare, self.adapters,
                               dc.feature_mode, pairs=k)
+        terms["loss_diversity"], terms["diversity_ratio"] = self.diversity_term(fakes, z1, z2, diverse)
         loss = (dc.adversarial * loss_adv + dc.l1 * terms["distill_l1"] + dc.perceptual * terms["distill_perceptual"]
-                + dc.feature * terms["distill_feature"] + dc.noise * terms["distill_noise"])
-        if diverse:
-            ratio = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2)
-            terms["loss_diversity"] = losses.capped_diversity(ratio, lc.diversity_tau)
-            terms["diversity_ratio"] = ratio.detach().mean()
-            loss = loss + lc.diversity * terms["loss_diversity"]
+                + dc.feature * terms["distill_feature"] + dc.noise * terms["distill_noise"]
+                + lc.diversity * terms["loss_diversity"])
         return loss, {"loss_g": loss, "loss_g_adv": loss_adv, **terms}, fakes[:n].detach()
 
     def generator_step(self, parts):

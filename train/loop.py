@@ -349,8 +349,8 @@ class Trainer:
         first ``diversity_fraction`` of the batch and the first."""
         lc, ignore_id = self.cfg.loss, self.data.train_set.ignore_id
         n = real.shape[0]
-        diverse = lc.diversity > 0 and self.state.step >= lc.diversity_start
-        k = max(1, int(round(n * lc.diversity_fraction))) if diverse else 0
+        diverse = self.diversity_on()
+        k = self.second_draw_size(n, diverse)
         z1, z2 = self.sample_noise(n), self.sample_noise(k)
         labels = torch.cat([label, label[:k]])
         fakes = self.models.G(labels, torch.cat([z1, z2]))
@@ -363,11 +363,7 @@ class Trainer:
             loss_nce = losses.patch_contrastive_loss(
                 out_g.features[:n], real_features, lc.contrastive_patches, lc.contrastive_temperature, self.streams.mix
             )
-        loss_div, ratio = real.new_zeros(()), real.new_zeros(())
-        if k:
-            per_sample = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2)
-            loss_div = losses.capped_diversity(per_sample, lc.diversity_tau)
-            ratio = per_sample.detach().mean()  # logged: the term is capped at diversity_tau (binds when ratio >= tau)
+        loss_div, ratio = self.diversity_term(fakes, z1, z2, diverse)
         loss = loss_adv + lc.contrastive * loss_nce + lc.diversity * loss_div
         terms = {"loss_g": loss, "loss_g_adv": loss_adv, "loss_contrastive": loss_nce, "loss_diversity": loss_div,
                  "diversity_ratio": ratio}
@@ -391,6 +387,27 @@ class Trainer:
             loss_lm = losses.labelmix_loss(logits[2], logits[0], logits[1], mask)
         loss = loss_adv + lc.labelmix * loss_lm
         return loss, {"loss_d": loss, "loss_d_adv": loss_adv, "loss_labelmix": loss_lm}
+
+    def diversity_on(self) -> bool:
+        """Whether this step has the diversity term (``loss.diversity`` > 0 from ``loss.diversity_start``)."""
+        lc = self.cfg.loss
+        return lc.diversity > 0 and self.state.step >= lc.diversity_start
+
+    def second_draw_size(self, n: int, needed: bool) -> int:
+        """How many of a batch's ``n`` maps go through the generator a second time under other noise: the first
+        ``loss.diversity_fraction`` of them (at least one) when a term ``needed`` them, else none."""
+        return max(1, int(round(n * self.cfg.loss.diversity_fraction))) if needed else 0
+
+    def diversity_term(self, fakes: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, on: bool):
+        """(capped diversity loss, logged mean ratio) of a batch whose last ``len(z2)`` images are its first maps
+        under the second draw ``z2``; zeros when ``on`` is false. The term is capped at ``loss.diversity_tau`` (it
+        binds when the ratio reaches it)."""
+        zero = fakes.new_zeros((), dtype=torch.float32)
+        if not on:
+            return zero, zero
+        k, n = z2.shape[0], fakes.shape[0] - z2.shape[0]
+        per_sample = losses.diversity_ratio(fakes[:k].float(), fakes[n:].float(), z1[:k], z2)
+        return losses.capped_diversity(per_sample, self.cfg.loss.diversity_tau), per_sample.detach().mean()
 
     def sample_noise(self, n: int) -> torch.Tensor:
         """Training randomness, not a seed's image: the step's noise comes from the run's own stream (saved in
