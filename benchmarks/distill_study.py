@@ -2,14 +2,18 @@
 
     python -m benchmarks.distill_study --teachers runs/tiny-s0 runs/tiny-s1 runs/tiny-s2 --out /tmp/study
     python -m benchmarks.distill_study --teachers T0 T1 T2 --students synthetic-tiny-s4 synthetic-tiny-s16 --seeds 0 --steps 300
+    python -m benchmarks.distill_study --teachers T0 T1 T2 --variant channels:distill.init=teacher-channels --out /tmp/init
 
-For seed ``i`` (``--seeds``) and each student preset (``--students``), two runs go side by side, one torch thread
-each:
+For seed ``i`` (``--seeds``) and each student preset (``--students``), these runs go side by side, one torch
+thread each:
 
 - *distilled*: ``python -m train --config STUDENT --teacher TEACHERS[i]`` (train/distill.py), ``train.seed`` i,
   ``--steps`` steps (default 600, the teacher's schedule);
 - *scratch*: the same preset and seed, no teacher (its usual losses), stopped (Ctrl-C, which checkpoints the step
-  it is at) when the distillation ends.
+  it is at) when the distillation ends;
+- one more distilled run per ``--variant NAME:KEY=VALUE[:KEY=VALUE...]`` (named ``STUDENT-NAME-sI``), with those
+  settings, e.g. ``--variant channels:distill.init=teacher-channels`` (the student started from the teacher's
+  channels).
 
 Side by side on one machine, the two get the same wall-clock under the same load. Then every run of a seed is
 evaluated with its teacher by ``python -m train.evaluate`` (one call: the same held-out maps, features and
@@ -37,38 +41,60 @@ from benchmarks.ablation import _metrics, _ms, evaluate
 
 
 def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, log,
-               overrides: tuple[str, ...] = ()) -> list[Path]:
+               overrides: tuple[str, ...] = (), variants: dict[str, tuple[str, ...]] | None = None) -> list[Path]:
     """The distilled run (``steps`` steps) and its from-scratch twin side by side, one torch thread each; the twin
     is stopped (Ctrl-C: it checkpoints that step) when the distilled run ends, so both had the same wall-clock
-    under the same load. ``overrides``: ``KEY=VALUE`` settings for both runs."""
-    runs = [out / f"{student}-{kind}-s{seed}" for kind in ("distilled", "scratch")]
+    under the same load. ``overrides``: ``KEY=VALUE`` settings for every run. ``variants``: more distilled runs
+    beside them (``{name: settings}``, e.g. ``{"channels": ("distill.init=teacher-channels",)}``), each as long as
+    the distilled run. Returns the distilled run, the variants, then the twin."""
+    variants = variants or {}
+    names = ["distilled", *variants, "scratch"]
+    runs = [out / f"{student}-{kind}-s{seed}" for kind in names]
     if all((run / "checkpoints" / "last").exists() for run in runs):
         log(f"[study] {student} seed {seed}: already trained")
         return runs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "train", "--config", student, "--set", f"train.seed={seed}", "train.max_minutes=0", *overrides]
-    cmds = [base + [f"train.steps={steps}", "--teacher", str(teacher), "--out", str(runs[0])],
-            base + ["train.steps=1000000", "--out", str(runs[1])]]
+    distilled = base + [f"train.steps={steps}", "--teacher", str(teacher)]
+    cmds = [distilled + ["--out", str(runs[0])]]
+    cmds += [distilled + [*variants[name], "--out", str(run)] for name, run in zip(variants, runs[1:-1])]
+    cmds.append(base + ["train.steps=1000000", "--out", str(runs[-1])])
     for run in runs:
         if run.exists():  # a pair is trained together or not at all: an interrupted pair starts again
             shutil.rmtree(run)
-    log(f"[study] {student} seed {seed}: distilling {steps} steps beside the from-scratch twin")
+    log(f"[study] {student} seed {seed}: distilling {steps} steps ({', '.join(names[:-1])}) beside the from-scratch twin")
     logs = [open(out / f"{run.name}.log", "w") for run in runs]
     t0 = time.time()
     try:
         procs = [subprocess.Popen(c, stdout=fh, stderr=subprocess.STDOUT, env=env) for c, fh in zip(cmds, logs)]
         if procs[0].wait() != 0:
-            procs[1].kill()
+            for proc in procs[1:]:
+                proc.kill()
             raise RuntimeError(f"the distillation {runs[0]} failed: see {logs[0].name}")
-        procs[1].send_signal(signal.SIGINT)  # the twin checkpoints the step it is at and stops
-        if procs[1].wait(timeout=600) != 0:
-            raise RuntimeError(f"the from-scratch twin {runs[1]} failed: see {logs[1].name}")
-        for run in runs:  # wall-clock of the pair, start-up included (an interrupted run logs no last record)
+        procs[-1].send_signal(signal.SIGINT)  # the twin checkpoints the step it is at and stops
+        if procs[-1].wait(timeout=600) != 0:
+            raise RuntimeError(f"the from-scratch twin {runs[-1]} failed: see {logs[-1].name}")
+        minutes = round((time.time() - t0) / 60, 2)  # wall-clock of the pair, start-up included
+        for run in (runs[0], runs[-1]):  # (an interrupted run logs no last record)
+            (run / "study.json").write_text(json.dumps({"minutes": minutes}))
+        for proc, run, fh in zip(procs[1:-1], runs[1:-1], logs[1:-1]):
+            if proc.wait() != 0:
+                raise RuntimeError(f"the distillation {run} failed: see {fh.name}")
             (run / "study.json").write_text(json.dumps({"minutes": round((time.time() - t0) / 60, 2)}))
     finally:
         for fh in logs:
             fh.close()
     return runs
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME:KEY=VALUE[:KEY=VALUE...]`` -> (NAME, settings)."""
+    name, *settings = text.split(":")
+    if not name.isidentifier() or "_" in name or not settings or not all("=" in x for x in settings):
+        raise argparse.ArgumentTypeError(
+            f"--variant {text!r}: give NAME:KEY=VALUE[:KEY=VALUE...], NAME letters and digits "
+            "(e.g. channels:distill.init=teacher-channels)")
+    return name, tuple(settings)
 
 
 def measure_seed(teacher: Path, runs: list[Path]) -> list[dict]:
@@ -130,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600, help="steps of each distillation (default 600, the teacher's)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="settings for both runs of each pair, as train's --set (e.g. train.keep_checkpoints=8)")
+    p.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME:KEY=VALUE",
+                   help="one more distilled run beside each pair with these settings, e.g. "
+                        "channels:distill.init=teacher-channels (repeatable)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher = args.teachers[seed]
         runs = []
         for student in args.students:
-            runs += train_pair(student, seed, teacher, args.out, args.steps, log, tuple(args.overrides))
+            runs += train_pair(student, seed, teacher, args.out, args.steps, log, tuple(args.overrides),
+                               dict(args.variant))
         log(f"[study] seed {seed}: evaluating")
         rows = measure_seed(teacher, runs)
         table["teacher"].append(rows[0])

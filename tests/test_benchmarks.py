@@ -466,6 +466,25 @@ def test_distill_study_a_failed_distillation_stops_its_twin_and_says_where_the_l
     assert not (out / "broken-scratch-s1" / "study.json").exists()
 
 
+def test_distill_study_variants_run_beside_the_pair_with_their_own_settings(tmp_path, monkeypatch):
+    from benchmarks.distill_study import main, parse_variant, train_pair
+
+    _fake_python(tmp_path, monkeypatch)
+    out = tmp_path / "study"
+    out.mkdir()
+    variants = dict([parse_variant("channels:distill.init=teacher-channels:distill.l1=5")])
+    runs = train_pair("tiny-s8", 2, tmp_path / "teacher", out, 4, print, ("train.ckpt_every=2",), variants)
+    assert [r.name for r in runs] == ["tiny-s8-distilled-s2", "tiny-s8-channels-s2", "tiny-s8-scratch-s2"]
+    args = [(r / "args.txt").read_text().split() for r in runs]
+    assert "distill.init=teacher-channels" in args[1] and "distill.l1=5" in args[1] and "--teacher" in args[1]
+    assert not any("distill.init=teacher-channels" in a for a in args[0] + args[2])
+    assert all("train.ckpt_every=2" in a for a in args)
+    assert (runs[1] / "checkpoints" / "last").read_text() == "step_0000004"  # ran to its end
+    assert (runs[2] / "checkpoints" / "last").read_text() == "step_0000002"  # the twin was stopped
+    with pytest.raises(SystemExit):
+        main(["--teachers", "t", "--out", str(out), "--variant", "no-settings"])
+
+
 def test_distill_study_table_gives_mean_and_spread_over_seeds():
     from benchmarks.distill_study import summary_table
 

@@ -90,6 +90,21 @@ def test_the_student_starts_from_the_teacher_discriminator_and_records_its_teach
     assert 0 <= fid["teacher_label_consistency"] <= 1
 
 
+def test_a_student_can_start_from_the_teachers_channels(tmp_path, teacher_run):
+    from train.student_init import init_from_teacher
+
+    run = tmp_path / "student"
+    distill(student_cfg(teacher_run, 1, "distill.init=teacher-channels", "train.lr_g=1e-12"), run)
+    teacher = load_teacher(teacher_run)
+    want = Generator(8, resolve_student(student_cfg(teacher_run, 1), teacher.info).model.generator)
+    assert not init_from_teacher(want, teacher.generator).random
+    tensors, _ = read_tensors(last_checkpoint(run) / "generator.safetensors")
+    for k, v in want.state_dict().items():
+        if "running_" not in k and "num_batches" not in k:  # batch statistics moved with the step
+            torch.testing.assert_close(tensors[k], v, atol=1e-6, rtol=0, msg=k)
+    assert load_generator(run)[1].teacher["init"] == "teacher-channels"
+
+
 def _pair(teacher_run, student: Generator | None = None):
     teacher = load_teacher(teacher_run)
     student = copy.deepcopy(teacher.generator) if student is None else student.eval()

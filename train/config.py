@@ -200,6 +200,9 @@ class DistillConfig:
     ``loss.diversity_fraction`` of the batch."""
     adversarial: float = 1.0
     """The N+1 adversarial loss against a discriminator that starts from the teacher run's discriminator."""
+    init: Literal["random", "teacher-channels"] = "random"
+    """The student's start: ``random`` (as training from scratch) or ``teacher-channels``, the teacher's most
+    important channels wherever the shapes allow (train/student_init.py)."""
     fidelity_samples: int = 64
     """Held-out maps (one seed) on which student-vs-teacher PSNR and label consistency are measured at every
     checkpoint and recorded in it."""

@@ -52,6 +52,7 @@ from train.checkpoint import (
 from train.config import Config, validate
 from train.loop import Trainer, TrainResult, _unwrap, run_steps, setup
 from train.macs import generator_cost
+from train.student_init import init_from_teacher
 
 log = get_logger(__name__)
 
@@ -411,6 +412,11 @@ def setup_distill(cfg: Config, run_dir: Path, resume: bool = False) -> DistillTr
                               teacher.checkpoint / "discriminator.safetensors")
         except CheckpointError as e:
             raise ConfigError(f"The teacher's discriminator does not fit the student's model.discriminator: {e}") from None
+    if not resume and dc.init == "teacher-channels":  # resume: the checkpoint's weights
+        report = init_from_teacher(student, teacher.generator)
+        t.models.G_ema.load_state_dict(student.state_dict())
+        if t.dinfo.main:
+            log.info("distill.init=teacher-channels: %s", report.summary())
     levels = list(range(len(student.blocks))) if dc.feature_levels is None else sorted(set(dc.feature_levels))
     if dc.feature == 0:
         levels = []
@@ -435,7 +441,7 @@ def setup_distill(cfg: Config, run_dir: Path, resume: bool = False) -> DistillTr
     t.models.info.teacher = {"run": str(dc.teacher), "checkpoint": teacher.checkpoint.name, "step": teacher.info.step,
                       "sha256": teacher.sha256, "dataset": teacher.info.dataset, "macs": t_macs,
                       "parameters": t_params, "student_macs": s_macs, "student_parameters": s_params,
-                      "feature_mode": dc.feature_mode}
+                      "feature_mode": dc.feature_mode, "init": dc.init}
     if t.dinfo.main:
         log.info("distilling %s (step %d, %.1f M MACs, %.2f M parameters) into a student of %.1f M MACs (1/%.1f), "
                  "%.2f M parameters", dc.teacher, teacher.info.step, t_macs / 1e6, t_params / 1e6, s_macs / 1e6,
