@@ -55,9 +55,9 @@ def train_pair(student: str, seed: int, teacher: Path, out: Path, steps: int, lo
         return runs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "train", "--config", student, "--set", f"train.seed={seed}", "train.max_minutes=0", *overrides]
-    distilled = base + [f"train.steps={steps}", "--teacher", str(teacher)]
-    cmds = [distilled + ["--out", str(runs[0])]]
-    cmds += [distilled + [*variants[name], "--out", str(run)] for name, run in zip(variants, runs[1:-1])]
+    distilled = [f"train.steps={steps}", "--teacher", str(teacher)]  # settings first: they belong to --set
+    cmds = [base + distilled + ["--out", str(runs[0])]]
+    cmds += [base + [*variants[name], *distilled, "--out", str(run)] for name, run in zip(variants, runs[1:-1])]
     cmds.append(base + ["train.steps=1000000", "--out", str(runs[-1])])
     for run in runs:
         if run.exists():  # a pair is trained together or not at all: an interrupted pair starts again

@@ -477,6 +477,10 @@ def test_distill_study_variants_run_beside_the_pair_with_their_own_settings(tmp_
     assert [r.name for r in runs] == ["tiny-s8-distilled-s2", "tiny-s8-channels-s2", "tiny-s8-scratch-s2"]
     args = [(r / "args.txt").read_text().split() for r in runs]
     assert "distill.init=teacher-channels" in args[1] and "distill.l1=5" in args[1] and "--teacher" in args[1]
+    for a in args:  # every setting inside the --set list: nothing but KEY=VALUE between --set and the next flag
+        after = a[a.index("--set") + 1:]
+        settings = after[:next((i for i, x in enumerate(after) if x.startswith("--")), len(after))]
+        assert all("=" in x for x in settings) and len([x for x in a if "=" in x]) == len(settings), a
     assert not any("distill.init=teacher-channels" in a for a in args[0] + args[2])
     assert all("train.ckpt_every=2" in a for a in args)
     assert (runs[1] / "checkpoints" / "last").read_text() == "step_0000004"  # ran to its end
