@@ -39,7 +39,6 @@ def _boost(teacher: Generator, student: Generator) -> dict[str, torch.Tensor]:
     """Makes a random subset of each group's channels (of the student's size; per head for attention) 100x heavier
     in every teacher tensor that touches them, and returns the subsets: the channels the student must keep."""
     dims, heads = channel_groups(teacher)
-    s_dims, _ = channel_groups(student)
     t, s = teacher.state_dict(), student.state_dict()
     sizes = {}
     for name, spec in dims.items():

@@ -55,6 +55,7 @@ def channel_groups(g: nn.Module) -> tuple[dict[str, tuple], dict[str, int]]:
     RGB, a depthwise conv's 1). Also the head count of each attention group (its channels are [heads, head_dim])."""
     dims: dict[str, tuple] = {}
     heads: dict[str, int] = {}
+
     def conv2d(name: str, out, inp) -> None:
         dims[f"{name}.weight"] = (out, inp, KERNEL, KERNEL)
         dims[f"{name}.bias"] = (out,)
@@ -169,12 +170,8 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> InitReport:
                         sizes.setdefault(group, n)
     chosen: dict[str, torch.Tensor | None] = {}
     for group, n in sizes.items():
-        if group not in scores:
-            chosen[group] = None
-        elif group in heads and s_heads.get(group) != heads[group]:
-            chosen[group] = None
-        else:
-            chosen[group] = _select(scores[group], n, heads.get(group))
+        fits = group in scores and s_heads.get(group) == heads.get(group)
+        chosen[group] = _select(scores[group], n, heads.get(group)) if fits else None
     report = InitReport()
     for name, target in s_state.items():
         spec = s_dims.get(name)
